@@ -1,0 +1,13 @@
+"""adcore: a compiled automatic-differentiation core for Python.
+
+Forward mode (dual numbers with k tangents) and reverse mode (a recorded tape)
+run in C; this package's Python layer adds coordinate-set vectors, Jacobians,
+the chain rule and deep-learning operations.  See ARCHITECTURE.md.
+"""
+
+from .errors import (AdcoreError, BranchChangedError, CoordinateError, NestingError,
+                     TapeError, TapeFormatError)
+from .trees import flatten as tree_flatten, unflatten as tree_unflatten, tree_map
+from .primitives import Primitive
+
+__version__ = "0.1.0"

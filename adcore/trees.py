@@ -1,0 +1,154 @@
+"""Structured inputs and outputs ("pytrees", as JAX calls them).
+
+A tree is a leaf (a number, a numpy array, any adcore value) or a dict, list,
+tuple, namedtuple or dataclass instance of trees.  ``flatten`` lists the leaves
+in a fixed order (dicts in insertion order) and returns a ``TreeDef`` that
+``unflatten`` uses to rebuild the same structure around new leaves, so drivers
+hand gradients back in the structure the user passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, List, Tuple
+
+__all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths"]
+
+
+class TreeDef:
+    """The shape of a tree without its leaves."""
+
+    __slots__ = ("kind", "meta", "children")
+
+    def __init__(self, kind: str, meta: Any = None, children: Tuple["TreeDef", ...] = ()):
+        self.kind = kind          # "leaf", "dict", "list", "tuple", "namedtuple", "dataclass", "none"
+        self.meta = meta          # dict keys, the namedtuple / dataclass type and field names
+        self.children = children
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(child.num_leaves for child in self.children)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, TreeDef) and self.kind == other.kind
+                and self.meta == other.meta and self.children == other.children)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, repr(self.meta), self.children))
+
+    def __repr__(self) -> str:
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        inner = ", ".join(map(repr, self.children))
+        if self.kind == "dict":
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children))
+            return "{" + inner + "}"
+        if self.kind == "list":
+            return "[" + inner + "]"
+        if self.kind == "tuple":
+            return "(" + inner + ("," if len(self.children) == 1 else "") + ")"
+        return f"{self.meta[0].__name__}({inner})"
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def flatten(tree: Any) -> Tuple[List[Any], TreeDef]:
+    """The leaves of ``tree`` in order, and its structure."""
+    leaves: List[Any] = []
+
+    def walk(node: Any) -> TreeDef:
+        if node is None:
+            return TreeDef("none")
+        if isinstance(node, dict):
+            keys = tuple(node.keys())
+            return TreeDef("dict", keys, tuple(walk(node[k]) for k in keys))
+        if _is_namedtuple(node):
+            return TreeDef("namedtuple", (type(node), node._fields), tuple(walk(v) for v in node))
+        if isinstance(node, tuple):
+            return TreeDef("tuple", None, tuple(walk(v) for v in node))
+        if isinstance(node, list):
+            return TreeDef("list", None, tuple(walk(v) for v in node))
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            names = tuple(f.name for f in dataclasses.fields(node))
+            return TreeDef("dataclass", (type(node), names),
+                           tuple(walk(getattr(node, n)) for n in names))
+        leaves.append(node)
+        return TreeDef("leaf")
+
+    treedef = walk(tree)
+    return leaves, treedef
+
+
+def unflatten(treedef: TreeDef, leaves: List[Any]) -> Any:
+    """Rebuild the structure ``treedef`` around ``leaves`` (consumed in order)."""
+    leaves = list(leaves)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(f"unflatten: the structure {treedef!r} has {treedef.num_leaves} "
+                         f"leaves but {len(leaves)} were given")
+    it = iter(leaves)
+
+    def build(td: TreeDef) -> Any:
+        if td.kind == "leaf":
+            return next(it)
+        if td.kind == "none":
+            return None
+        items = [build(c) for c in td.children]
+        if td.kind == "dict":
+            return dict(zip(td.meta, items))
+        if td.kind == "list":
+            return items
+        if td.kind == "tuple":
+            return tuple(items)
+        if td.kind == "namedtuple":
+            return td.meta[0](*items)
+        cls, names = td.meta
+        obj = cls.__new__(cls)
+        for name, value in zip(names, items):
+            object.__setattr__(obj, name, value)  # works for frozen dataclasses too
+        return obj
+
+    return build(treedef)
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` leaf-wise to one or more trees of the same structure."""
+    leaves, treedef = flatten(tree)
+    others = []
+    for other in rest:
+        other_leaves, other_def = flatten(other)
+        if other_def != treedef:
+            raise ValueError(f"tree_map: structures differ: {treedef!r} and {other_def!r}")
+        others.append(other_leaves)
+    return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
+
+
+def leaf_paths(tree: Any) -> List[Tuple[Any, ...]]:
+    """The path (keys / indices / field names) to each leaf, in flatten order."""
+    paths: List[Tuple[Any, ...]] = []
+
+    def walk(node: Any, path: Tuple[Any, ...]) -> None:
+        if node is None:
+            return
+        if isinstance(node, dict):
+            for k in node:
+                walk(node[k], path + (k,))
+        elif _is_namedtuple(node):
+            for name, v in zip(node._fields, node):
+                walk(v, path + (name,))
+        elif isinstance(node, (tuple, list)):
+            for i, v in enumerate(node):
+                walk(v, path + (i,))
+        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), path + (f.name,))
+        else:
+            paths.append(path)
+
+    walk(tree, ())
+    return paths

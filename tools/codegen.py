@@ -1,0 +1,99 @@
+"""Render adcore's Cython kernels from the rule table.
+
+Every ``adcore/*.tp`` (e.g. ``_rules.pxi.tp``) is a Tempita template; it is
+rendered to the same name without ``.tp`` with the rule table in scope.
+setup.py runs this before cythonize; developers run ``python tools/codegen.py``.
+
+Names in scope of a template:
+  rules        the RULES tuple of adcore/_rules.py
+  c_partial    c_partial(rule, i) -> C (Cython) expression of d result / d input i
+  args_of      args_of(rule) -> ("x", "y", ...) the input names
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import runpy
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "adcore"
+INPUTS = ("x", "y", "z")
+
+# Cython directives for every kernel (setup.py and tools/dev_build.py use these).
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "cdivision": True,  # IEEE division (1/0 = inf), as the rule table assumes
+    "embedsignature": True,
+}
+
+
+def load_rules():
+    return runpy.run_path(str(PACKAGE / "_rules.py"))["RULES"]
+
+
+class _PartialToCython(ast.NodeTransformer):
+    """Rewrite calls to rules ``f(..)`` into the generated inline ``v_f(..)``."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if not isinstance(node.func, ast.Name) or node.func.id not in self.names:
+            raise ValueError(f"partial calls {ast.unparse(node.func)!r}, which is not a rule")
+        node.func = ast.Name(id="v_" + node.func.id, ctx=ast.Load())
+        return node
+
+    def visit_Name(self, node):
+        if node.id not in INPUTS + ("r",) and node.id not in self.names:
+            raise ValueError(f"partial uses unknown name {node.id!r}")
+        return node
+
+    def visit_Constant(self, node):
+        if not isinstance(node.value, float):
+            # C would divide integers: 1/2 == 0.  Demand float literals.
+            raise ValueError(f"partial uses the non-float literal {node.value!r}; write {node.value}.0")
+        return node
+
+
+def c_partial(rule, i, rules=None):
+    names = {r.name for r in (rules or load_rules())}
+    tree = ast.parse(rule.partials[i], mode="eval")
+    tree = _PartialToCython(names).visit(tree)
+    return ast.unparse(tree)
+
+
+def args_of(rule):
+    return INPUTS[: rule.arity]
+
+
+def render_all(verbose=False):
+    from Cython.Tempita import sub
+
+    rules = load_rules()
+    for rule in rules:
+        if len(rule.partials) != rule.arity or len(rule.domain) != rule.arity:
+            raise ValueError(f"rule {rule.name}: arity {rule.arity} but "
+                             f"{len(rule.partials)} partials / {len(rule.domain)} domains")
+    namespace = dict(rules=rules, args_of=args_of,
+                     c_partial=lambda rule, i: c_partial(rule, i, rules))
+    written = []
+    for template in sorted(PACKAGE.rglob("*.tp")):
+        target = template.with_suffix("")
+        text = sub(template.read_text(), **namespace)
+        header = (f"# Generated from {template.name} and _rules.py by tools/codegen.py."
+                  " Do not edit.\n")
+        text = header + text
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+            if verbose:
+                print(f"codegen: wrote {target.relative_to(ROOT)}")
+        written.append(target)
+    return written
+
+
+if __name__ == "__main__":
+    render_all(verbose=True)
+    sys.exit(0)
