@@ -20,21 +20,12 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Primitive", "active_owner"]
+from .dispatch import active_owner
 
+__all__ = ["Primitive", "REGISTRY"]
 
-def active_owner(args: Sequence[Any]) -> Any:
-    """The argument that takes charge of an operation: the largest (tag, rank), or None."""
-    best = None
-    best_key = None
-    for a in args:
-        tag = getattr(a, "_ad_tag", None)
-        if tag is None:
-            continue
-        key = (tag, a._ad_rank)
-        if best_key is None or key > best_key:
-            best, best_key = a, key
-    return best
+#: every primitive instance by name (saved tapes refer to primitives by name)
+REGISTRY: dict = {}
 
 
 class Primitive:
@@ -57,6 +48,13 @@ class Primitive:
     name = "primitive"
     #: input positions that are differentiable (None: all)
     differentiable: Optional[Tuple[int, ...]] = None
+
+    def register(self) -> "Primitive":
+        """Record this instance in REGISTRY under its name (names are unique)."""
+        if REGISTRY.get(self.name, self) is not self:
+            raise ValueError(f"a primitive named {self.name!r} is already registered")
+        REGISTRY[self.name] = self
+        return self
 
     def value(self, *xs: Any, **params: Any) -> Any:
         raise NotImplementedError
