@@ -9,5 +9,7 @@ from .errors import (AdcoreError, BranchChangedError, CoordinateError, NestingEr
                      TapeError, TapeFormatError)
 from .trees import flatten as tree_flatten, unflatten as tree_unflatten, tree_map
 from .primitives import Primitive
+from .array_ops import (amax as max, broadcast_to, concatenate, getitem, matmul, mean,
+                        reshape, stack, sum, transpose)
 
 __version__ = "0.1.0"

@@ -1,0 +1,528 @@
+"""The core array primitives: indexing, reductions, reshaping, matmul, joining.
+
+Each operation is one :class:`~adcore.primitives.Primitive` whose value, forward
+rule (jvp) and reverse rule (vjp) are written once with numpy; every mode of
+differentiation uses those three functions (see ``adcore/primitives.py``).
+
+Conventions:
+
+* tangents carry a leading axis of k directions: ``dx.shape == (k,) + x.shape``;
+* cotangents have the shape of the value they belong to, are fresh writable
+  arrays, and keep the dtype of the incoming cotangent (float32 stays float32);
+* ``amax`` splits the gradient evenly among tied maxima (a NaN maximum sends it
+  to the NaN entries), as PyTorch does;
+* ``broadcast_to``'s reverse rule sums over the broadcast axes: the tape inserts
+  it so that reverse mode stays correct under numpy broadcasting.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .primitives import Primitive
+
+__all__ = ["getitem", "sum", "mean", "amax", "max", "reshape", "transpose",
+           "broadcast_to", "matmul", "concatenate", "stack", "sum_to_shape",
+           "normalize_index"]
+
+
+# ---------------------------------------------------------------- helpers
+
+# numpy 2 moved AxisError (a ValueError and IndexError) to numpy.exceptions
+_AxisError = getattr(getattr(np, "exceptions", np), "AxisError", ValueError)
+
+def _shape(x: Any) -> Tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def _ndim(x: Any) -> int:
+    return len(np.shape(x))
+
+
+def _axes(axis: Any, ndim: int, name: str) -> Tuple[int, ...]:
+    """``axis`` (None, int or tuple of ints) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        raw = tuple(axis)
+    else:
+        raw = (axis,)
+    out = []
+    for a in raw:
+        try:
+            a = operator.index(a)
+        except TypeError:
+            raise TypeError(f"{name}: axis must be an int or a tuple of ints, got {a!r}") from None
+        if not -ndim <= a < ndim:
+            raise _AxisError(f"{name}: axis {a} is out of bounds for an array of dimension {ndim}")
+        a %= ndim if ndim else 1
+        if a in out:
+            raise ValueError(f"{name}: axis {a} is repeated in {axis!r}")
+        out.append(a)
+    return tuple(sorted(out))
+
+
+def _fresh(a: Any, dtype: Any = None) -> np.ndarray:
+    """A writable array owning its memory (cotangents may be accumulated in place)."""
+    return np.array(a, dtype=dtype, copy=True)
+
+
+def sum_to_shape(g: Any, shape: Sequence[int]) -> np.ndarray:
+    """Sum ``g`` over the axes numpy broadcasting added to ``shape``: the adjoint of
+    broadcasting ``shape`` to ``g.shape``."""
+    g = np.asarray(g)
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"sum_to_shape: cannot sum an array of shape {g.shape} "
+                         f"to the larger shape {shape}")
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    for i, n in enumerate(shape):
+        if n != 1 and g.shape[lead + i] != n:
+            raise ValueError(f"sum_to_shape: shape {g.shape} is not a broadcast of {shape}")
+    out = g.sum(axis=axes, keepdims=True) if axes else g
+    return out.reshape(shape)
+
+
+def _zeros_tangent(k: int, x: Any, dtype: Any) -> np.ndarray:
+    return np.zeros((k,) + _shape(x), dtype=dtype)
+
+
+def _k_and_dtype(dxs: Sequence[Any]) -> Tuple[int, Any]:
+    for d in dxs:
+        if d is not None:
+            return d.shape[0], d.dtype
+    raise ValueError("jvp called without any tangent")
+
+
+# ---------------------------------------------------------------- indexing
+
+def normalize_index(index: Any) -> Tuple[Any, ...]:
+    """An index as a tuple of ints, slices, None, Ellipsis and integer arrays.
+
+    Lists become integer arrays, boolean masks become the integer arrays of their
+    ``nonzero()`` (numpy's own meaning of a mask), so a recorded index never
+    depends on Python objects that could change later.
+    """
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for item in index:
+        if item is None or item is Ellipsis or isinstance(item, slice):
+            out.append(item)
+            continue
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError("getitem: a lone boolean is not a supported index")
+        if isinstance(item, (int, np.integer)):
+            out.append(int(item))
+            continue
+        if getattr(item, "_ad_tag", None) is not None:
+            raise TypeError("getitem: an index cannot be a differentiated value; "
+                            "pass integers or integer arrays")
+        arr = np.asarray(item)
+        if arr.dtype == np.bool_:
+            out.extend(np.nonzero(arr))
+        elif np.issubdtype(arr.dtype, np.integer):
+            out.append(arr.astype(np.intp, copy=True))
+        elif arr.size == 0:
+            out.append(arr.astype(np.intp))  # x[[]]: numpy reads an empty list as integers
+        else:
+            raise IndexError(f"getitem: only integers, slices, None, Ellipsis and integer "
+                             f"or boolean arrays are valid indices, got {item!r}")
+    return tuple(out)
+
+
+def _is_basic(index: Tuple[Any, ...]) -> bool:
+    return not any(isinstance(i, np.ndarray) for i in index)
+
+
+def _explicit(index: Tuple[Any, ...], ndim: int) -> Tuple[Any, ...]:
+    """``index`` with its Ellipsis (or the implied trailing one) written out as slices."""
+    used = builtins.sum(1 for i in index if i is not None and i is not Ellipsis)
+    fill = (slice(None),) * builtins.max(ndim - used, 0)
+    if Ellipsis in [i for i in index if not isinstance(i, np.ndarray)]:
+        pos = next(n for n, i in enumerate(index)
+                   if not isinstance(i, np.ndarray) and i is Ellipsis)
+        return index[:pos] + fill + index[pos + 1:]
+    return index + fill
+
+
+class GetItem(Primitive):
+    name = "getitem"
+
+    def value(self, x, *, index):
+        return np.asarray(x)[index]
+
+    def jvp(self, xs, dxs, out, *, index):
+        (x,), (dx,) = xs, dxs
+        if _is_basic(index):
+            # basic indexing keeps the leading direction axis in front
+            return dx[(slice(None),) + _explicit(index, _ndim(x))]
+        # advanced indices may move axes to the front: put the directions last
+        full = _explicit(index, _ndim(x)) + (slice(None),)
+        return np.moveaxis(np.moveaxis(dx, 0, -1)[full], -1, 0)
+
+    def vjp(self, g, xs, out, needs, *, index):
+        (x,) = xs
+        g = np.asarray(g)
+        shape = _shape(x)
+        if _is_basic(index):
+            z = np.zeros(shape, dtype=g.dtype)
+            z[index] = g  # basic indexing never repeats an element
+            return (z,)
+        # repeated integer indices accumulate: scatter-add through flat positions
+        flat = np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[index]
+        z = np.bincount(np.ravel(flat), weights=np.ravel(g), minlength=int(np.prod(shape)))
+        return (z.astype(g.dtype, copy=False).reshape(shape),)
+
+
+_getitem = GetItem().register()
+
+
+def getitem(x: Any, index: Any) -> Any:
+    """``x[index]`` for ints, slices, Ellipsis, None, tuples of them and integer or
+    boolean arrays (numpy's rules); repeated indices accumulate in reverse mode."""
+    return _getitem(x, index=normalize_index(index))
+
+
+# ---------------------------------------------------------------- reductions
+
+class Sum(Primitive):
+    name = "sum"
+
+    def value(self, x, *, axis=None, keepdims=False):
+        return np.sum(x, axis=_axes(axis, _ndim(x), "sum"), keepdims=keepdims)
+
+    def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
+        (x,), (dx,) = xs, dxs
+        axes = tuple(a + 1 for a in _axes(axis, _ndim(x), "sum"))
+        return np.sum(dx, axis=axes, keepdims=keepdims)
+
+    def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        (x,) = xs
+        g = np.asarray(g)
+        axes = _axes(axis, _ndim(x), "sum")
+        if not keepdims:
+            g = np.expand_dims(g, axes) if axes else g
+        return (_fresh(np.broadcast_to(g, _shape(x))),)
+
+
+class Mean(Primitive):
+    name = "mean"
+
+    @staticmethod
+    def _count(x, axis):
+        shape = _shape(x)
+        n = 1
+        for a in _axes(axis, len(shape), "mean"):
+            n *= shape[a]
+        return n
+
+    def value(self, x, *, axis=None, keepdims=False):
+        return np.mean(x, axis=_axes(axis, _ndim(x), "mean"), keepdims=keepdims)
+
+    def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
+        (x,), (dx,) = xs, dxs
+        axes = tuple(a + 1 for a in _axes(axis, _ndim(x), "mean"))
+        return np.mean(dx, axis=axes, keepdims=keepdims)
+
+    def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        (x,) = xs
+        g = np.asarray(g)
+        axes = _axes(axis, _ndim(x), "mean")
+        if not keepdims:
+            g = np.expand_dims(g, axes) if axes else g
+        n = self._count(x, axis)
+        scale = np.asarray(1.0 / n if n else np.nan, dtype=g.dtype)
+        return (_fresh(np.broadcast_to(g * scale, _shape(x))),)
+
+
+class AMax(Primitive):
+    name = "amax"
+
+    @staticmethod
+    def _weights(x, axis, dtype):
+        """Where the maximum is, each entry weighted 1/(number of ties)."""
+        x = np.asarray(x)
+        axes = _axes(axis, x.ndim, "amax")
+        m = np.max(x, axis=axes, keepdims=True)
+        mask = (x == m) | (np.isnan(x) & np.isnan(m))
+        count = np.sum(mask, axis=axes, keepdims=True)
+        return mask.astype(dtype) / count.astype(dtype), axes
+
+    def value(self, x, *, axis=None, keepdims=False):
+        x = np.asarray(x)
+        if x.size == 0:
+            raise ValueError("amax: the maximum of an empty array is not defined")
+        return np.max(x, axis=_axes(axis, x.ndim, "amax"), keepdims=keepdims)
+
+    def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
+        (x,), (dx,) = xs, dxs
+        w, axes = self._weights(x, axis, dx.dtype)
+        return np.sum(dx * w, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
+
+    def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        (x,) = xs
+        g = np.asarray(g)
+        w, axes = self._weights(x, axis, g.dtype)
+        if not keepdims:
+            g = np.expand_dims(g, axes) if axes else g
+        return (g * w,)
+
+
+_sum = Sum().register()
+_mean = Mean().register()
+_amax = AMax().register()
+
+
+def _axis_param(axis: Any) -> Any:
+    if isinstance(axis, list):
+        return tuple(axis)
+    return axis
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    """The sum of ``x`` over ``axis`` (None: all axes), as ``numpy.sum``."""
+    return _sum(x, axis=_axis_param(axis), keepdims=bool(keepdims))
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """The mean of ``x`` over ``axis`` (None: all axes), as ``numpy.mean``."""
+    return _mean(x, axis=_axis_param(axis), keepdims=bool(keepdims))
+
+
+def amax(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """The maximum of ``x`` over ``axis``; tied maxima share the derivative evenly."""
+    return _amax(x, axis=_axis_param(axis), keepdims=bool(keepdims))
+
+
+max = amax  # noqa: A001  (adcore.max, as numpy.max)
+
+
+# ---------------------------------------------------------------- shapes
+
+def _shape_param(shape: Any, name: str) -> Tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    try:
+        return tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"{name}: shape must be an int or a sequence of ints, "
+                        f"got {shape!r}") from None
+
+
+class Reshape(Primitive):
+    name = "reshape"
+
+    def value(self, x, *, shape):
+        return np.reshape(x, shape)
+
+    def jvp(self, xs, dxs, out, *, shape):
+        (dx,) = dxs
+        return dx.reshape((dx.shape[0],) + _shape(out))
+
+    def vjp(self, g, xs, out, needs, *, shape):
+        return (_fresh(np.reshape(g, _shape(xs[0]))),)
+
+
+class Transpose(Primitive):
+    name = "transpose"
+
+    @staticmethod
+    def _perm(x, axes):
+        n = _ndim(x)
+        if axes is None:
+            return tuple(range(n))[::-1]
+        perm = tuple(a % n if -n <= a < n else a for a in axes)
+        if sorted(perm) != list(range(n)):
+            raise ValueError(f"transpose: axes {axes!r} are not a permutation of the "
+                             f"{n} axes of the input")
+        return perm
+
+    def value(self, x, *, axes=None):
+        return np.transpose(x, self._perm(x, axes))
+
+    def jvp(self, xs, dxs, out, *, axes=None):
+        (x,), (dx,) = xs, dxs
+        return dx.transpose((0,) + tuple(a + 1 for a in self._perm(x, axes)))
+
+    def vjp(self, g, xs, out, needs, *, axes=None):
+        perm = self._perm(xs[0], axes)
+        return (_fresh(np.transpose(g, np.argsort(perm))),)
+
+
+class BroadcastTo(Primitive):
+    name = "broadcast_to"
+
+    def value(self, x, *, shape):
+        return np.broadcast_to(x, shape)
+
+    def jvp(self, xs, dxs, out, *, shape):
+        (x,), (dx,) = xs, dxs
+        k = dx.shape[0]
+        lifted = dx.reshape((k,) + (1,) * (len(shape) - _ndim(x)) + _shape(x))
+        return np.broadcast_to(lifted, (k,) + tuple(shape))
+
+    def vjp(self, g, xs, out, needs, *, shape):
+        return (_fresh(sum_to_shape(g, _shape(xs[0]))),)
+
+
+_reshape = Reshape().register()
+_transpose = Transpose().register()
+_broadcast_to = BroadcastTo().register()
+
+
+def reshape(x: Any, shape: Any) -> Any:
+    """``x`` with a new shape (one entry may be -1), as ``numpy.reshape``."""
+    return _reshape(x, shape=_shape_param(shape, "reshape"))
+
+
+def transpose(x: Any, axes: Optional[Sequence[int]] = None) -> Any:
+    """``x`` with its axes permuted (reversed by default), as ``numpy.transpose``."""
+    return _transpose(x, axes=None if axes is None else _shape_param(axes, "transpose"))
+
+
+def broadcast_to(x: Any, shape: Any) -> Any:
+    """``x`` broadcast to ``shape``; reverse mode sums over the broadcast axes."""
+    return _broadcast_to(x, shape=_shape_param(shape, "broadcast_to"))
+
+
+# ---------------------------------------------------------------- matmul
+
+def _as_matrices(a, b):
+    """numpy's matmul rules made explicit: 1-D operands become 1xn / nx1 matrices."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: operands must have at least one dimension "
+                         f"(got shapes {a.shape} and {b.shape}); use * for scalars")
+    a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
+    return a2, b2
+
+
+class MatMul(Primitive):
+    name = "matmul"
+
+    def value(self, a, b):
+        return np.matmul(a, b)
+
+    def jvp(self, xs, dxs, out, **params):
+        a2, b2 = _as_matrices(*xs)
+        k, _ = _k_and_dtype(dxs)
+        nb = builtins.max(a2.ndim, b2.ndim) - 2
+        tshape = (k,) + _shape(out)
+        total = None
+        if dxs[0] is not None:
+            da = dxs[0].reshape((k,) + (1,) * (nb - (a2.ndim - 2)) + a2.shape)
+            total = np.matmul(da, b2).reshape(tshape)
+        if dxs[1] is not None:
+            db = dxs[1].reshape((k,) + (1,) * (nb - (b2.ndim - 2)) + b2.shape)
+            term = np.matmul(a2, db).reshape(tshape)
+            total = term if total is None else total + term
+        return total
+
+    def vjp(self, g, xs, out, needs, **params):
+        a, b = xs
+        a2, b2 = _as_matrices(a, b)
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        g2 = np.reshape(g, batch + (a2.shape[-2], b2.shape[-1]))
+        ga = gb = None
+        if needs[0]:
+            ga = sum_to_shape(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape)
+            ga = _fresh(ga.reshape(_shape(a)))
+        if needs[1]:
+            gb = sum_to_shape(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape)
+            gb = _fresh(gb.reshape(_shape(b)))
+        return ga, gb
+
+
+_matmul = MatMul().register()
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` with numpy's rules: 1-D, 2-D and batched (broadcast) operands."""
+    return _matmul(a, b)
+
+
+# ---------------------------------------------------------------- joining
+
+def _join_axis(axis: Any, ndim: int, name: str) -> int:
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of bounds for a result of "
+                         f"dimension {ndim}")
+    return axis % ndim
+
+
+class Concatenate(Primitive):
+    name = "concatenate"
+
+    def value(self, *xs, axis=0):
+        if not xs:
+            raise ValueError("concatenate: needs at least one array")
+        return np.concatenate([np.asarray(x) for x in xs], axis=axis)
+
+    def jvp(self, xs, dxs, out, *, axis=0):
+        k, dtype = _k_and_dtype(dxs)
+        ax = _join_axis(axis, _ndim(out), "concatenate")
+        parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
+        return np.concatenate(parts, axis=ax + 1)
+
+    def vjp(self, g, xs, out, needs, *, axis=0):
+        g = np.asarray(g)
+        ax = _join_axis(axis, g.ndim, "concatenate")
+        bounds = np.cumsum([_shape(x)[ax] for x in xs])[:-1]
+        pieces = np.split(g, bounds, axis=ax)
+        return tuple(_fresh(p) if need else None for p, need in zip(pieces, needs))
+
+
+class Stack(Primitive):
+    name = "stack"
+
+    def value(self, *xs, axis=0):
+        if not xs:
+            raise ValueError("stack: needs at least one array")
+        return np.stack([np.asarray(x) for x in xs], axis=axis)
+
+    def jvp(self, xs, dxs, out, *, axis=0):
+        k, dtype = _k_and_dtype(dxs)
+        ax = _join_axis(axis, _ndim(out), "stack")
+        parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
+        return np.stack(parts, axis=ax + 1)
+
+    def vjp(self, g, xs, out, needs, *, axis=0):
+        g = np.asarray(g)
+        ax = _join_axis(axis, g.ndim, "stack")
+        return tuple(_fresh(np.take(g, i, axis=ax)) if need else None
+                     for i, need in enumerate(needs))
+
+
+_concatenate = Concatenate().register()
+_stack = Stack().register()
+
+
+def concatenate(xs: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays along an existing axis, as ``numpy.concatenate``."""
+    xs = tuple(xs)
+    if not xs:
+        raise ValueError("concatenate: needs at least one array")
+    return _concatenate(*xs, axis=operator.index(axis))
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays along a new axis, as ``numpy.stack``."""
+    xs = tuple(xs)
+    if not xs:
+        raise ValueError("stack: needs at least one array")
+    return _stack(*xs, axis=operator.index(axis))
