@@ -1,0 +1,614 @@
+"""Deep-learning operations: the seed's unwritten "Deep Learning Operations".
+
+Each operation is one :class:`~adcore.primitives.Primitive` (value, jvp, vjp in
+numpy, the matrix products through numpy's BLAS), so a tape records it as a
+single instruction and forward mode pushes k directions through it at once.
+Element-wise activations (relu, tanh, sigmoid, softplus, gelu) are rows of the
+rule table and live in ``adcore`` itself.
+
+Conventions: tangents carry a leading axis of k directions; cotangents have the
+shape of their value; float32 inputs give float32 values, tangents and
+cotangents.  Max pooling splits the gradient evenly among tied maxima, as
+``adcore.max`` does.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..array_ops import sum_to_shape
+from ..primitives import Primitive
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linear",
+           "conv2d", "max_pool2d", "avg_pool2d", "dropout", "flatten", "one_hot",
+           "pair"]
+
+
+def _axis(axis: Any, ndim: int, name: str) -> int:
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of bounds for an input of "
+                         f"dimension {ndim}")
+    return axis % ndim
+
+
+def _float(x: Any) -> np.ndarray:
+    """x as a floating array (integers become float64; float32 stays float32)."""
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
+
+
+def _lse(x: np.ndarray, axis: Any, keepdims: bool) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, np.zeros_like(m))  # all -inf rows: log(0) = -inf
+    with np.errstate(divide="ignore"):  # an all -inf slice: log(0) = -inf, as numpy
+        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+# ---------------------------------------------------------------- softmax family
+
+class Softmax(Primitive):
+    name = "softmax"
+
+    def value(self, x, *, axis=-1):
+        x = _float(x)
+        return _softmax(x, _axis(axis, x.ndim, "softmax"))
+
+    def jvp(self, xs, dxs, out, *, axis=-1):
+        (dx,) = dxs
+        ax = _axis(axis, out.ndim, "softmax") + 1
+        return out * (dx - np.sum(out * dx, axis=ax, keepdims=True))
+
+    def vjp(self, g, xs, out, needs, *, axis=-1):
+        ax = _axis(axis, out.ndim, "softmax")
+        return (out * (g - np.sum(g * out, axis=ax, keepdims=True)),)
+
+
+class LogSoftmax(Primitive):
+    name = "log_softmax"
+
+    def value(self, x, *, axis=-1):
+        x = _float(x)
+        ax = _axis(axis, x.ndim, "log_softmax")
+        return x - _lse(x, ax, True)
+
+    def jvp(self, xs, dxs, out, *, axis=-1):
+        (dx,) = dxs
+        ax = _axis(axis, out.ndim, "log_softmax") + 1
+        return dx - np.sum(np.exp(out) * dx, axis=ax, keepdims=True)
+
+    def vjp(self, g, xs, out, needs, *, axis=-1):
+        ax = _axis(axis, out.ndim, "log_softmax")
+        return (g - np.exp(out) * np.sum(g, axis=ax, keepdims=True),)
+
+
+class LogSumExp(Primitive):
+    name = "logsumexp"
+
+    @staticmethod
+    def _axes(axis, ndim):
+        if axis is None:
+            return tuple(range(ndim))
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        return tuple(sorted(_axis(a, ndim, "logsumexp") for a in axes))
+
+    def value(self, x, *, axis=None, keepdims=False):
+        x = _float(x)
+        return _lse(x, self._axes(axis, x.ndim), keepdims)
+
+    def _weights(self, x, out, axes, keepdims):
+        # softmax over the reduced axes, from the result (no second max pass)
+        lse = out if keepdims else np.expand_dims(out, axes)
+        return np.exp(x - lse)
+
+    def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
+        x, (dx,) = _float(xs[0]), dxs
+        axes = self._axes(axis, x.ndim)
+        w = self._weights(x, out, axes, keepdims)
+        return np.sum(w * dx, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
+
+    def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        x = _float(xs[0])
+        axes = self._axes(axis, x.ndim)
+        w = self._weights(x, out, axes, keepdims)
+        g = np.asarray(g)
+        if not keepdims:
+            g = np.expand_dims(g, axes)
+        return (g * w,)
+
+
+_softmax_p = Softmax().register()
+_log_softmax_p = LogSoftmax().register()
+_logsumexp_p = LogSumExp().register()
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """exp(x) / sum(exp(x)) along ``axis``, computed without overflow."""
+    return _softmax_p(x, axis=operator.index(axis))
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """x - logsumexp(x) along ``axis``, computed without overflow."""
+    return _log_softmax_p(x, axis=operator.index(axis))
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """log(sum(exp(x))) over ``axis`` (None: all), computed without overflow."""
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    return _logsumexp_p(x, axis=axis, keepdims=bool(keepdims))
+
+
+# ---------------------------------------------------------------- losses
+
+def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise ValueError(f"cross_entropy: labels must have shape ({n},) to match the "
+                         f"logits, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        # a tape may hand integer labels back as floats: accept exact integers only
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("cross_entropy: labels must be integers (class indices)")
+        y = y.astype(np.intp)
+    if n and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"cross_entropy: labels must lie in 0..{classes - 1}, got "
+                         f"values from {y.min()} to {y.max()}")
+    return y.astype(np.intp, copy=False)
+
+
+def _check_logits(logits: np.ndarray) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must have shape (batch, classes), got "
+                         f"{logits.shape}")
+    if logits.shape[0] == 0:
+        raise ValueError("cross_entropy: the batch is empty")
+
+
+class CrossEntropy(Primitive):
+    """mean_i ( logsumexp(logits[i]) - logits[i, labels[i]] )."""
+
+    name = "cross_entropy"
+    differentiable = (0,)
+
+    def value(self, logits, labels):
+        z = _float(logits)
+        _check_logits(z)
+        n, c = z.shape
+        y = _labels(labels, n, c)
+        lse = _lse(z, 1, False)
+        return np.mean(lse - z[np.arange(n), y])
+
+    def jvp(self, xs, dxs, out, **params):
+        z = _float(xs[0])
+        dz = dxs[0]
+        n, c = z.shape
+        y = _labels(xs[1], n, c)
+        p = _softmax(z, 1)
+        picked = dz[:, np.arange(n), y]                      # (k, n)
+        return np.mean(np.sum(p * dz, axis=2) - picked, axis=1)
+
+    def vjp(self, g, xs, out, needs, **params):
+        z = _float(xs[0])
+        n, c = z.shape
+        y = _labels(xs[1], n, c)
+        p = _softmax(z, 1)
+        p[np.arange(n), y] -= 1
+        scale = np.asarray(g, dtype=p.dtype) / np.asarray(n, dtype=p.dtype)
+        return (p * scale, None)
+
+
+class MSE(Primitive):
+    """mean((prediction - target)**2) over the broadcast shape."""
+
+    name = "mse"
+
+    def value(self, pred, target):
+        d = _float(pred) - _float(target)
+        return np.mean(d * d)
+
+    def jvp(self, xs, dxs, out, **params):
+        d = _float(xs[0]) - _float(xs[1])
+        k = next(t.shape[0] for t in dxs if t is not None)
+        dd = 0
+        if dxs[0] is not None:
+            dd = dxs[0].reshape((k,) + (1,) * (d.ndim - np.ndim(xs[0])) + np.shape(xs[0]))
+        if dxs[1] is not None:
+            dd = dd - dxs[1].reshape((k,) + (1,) * (d.ndim - np.ndim(xs[1])) + np.shape(xs[1]))
+        two = np.asarray(2.0 / max(d.size, 1), dtype=d.dtype)
+        tot = np.broadcast_to(dd * d, (k,) + d.shape).reshape(k, -1)
+        return two * np.sum(tot, axis=1)
+
+    def vjp(self, g, xs, out, needs, **params):
+        d = _float(xs[0]) - _float(xs[1])
+        scale = np.asarray(g, dtype=d.dtype) * np.asarray(2.0 / max(d.size, 1), dtype=d.dtype)
+        gd = d * scale
+        return (sum_to_shape(gd, np.shape(xs[0])) if needs[0] else None,
+                sum_to_shape(-gd, np.shape(xs[1])) if needs[1] else None)
+
+
+_cross_entropy_p = CrossEntropy().register()
+_mse_p = MSE().register()
+
+
+def cross_entropy(logits: Any, labels: Any) -> Any:
+    """Softmax cross-entropy of ``logits`` (batch, classes) against integer
+    ``labels`` (batch,), averaged over the batch."""
+    return _cross_entropy_p(logits, labels)
+
+
+def mse(prediction: Any, target: Any) -> Any:
+    """Mean squared error, averaged over every element."""
+    return _mse_p(prediction, target)
+
+
+def one_hot(labels: Any, classes: int, dtype: Any = np.float64) -> np.ndarray:
+    """Integer labels as rows of the identity (a constant, not differentiated)."""
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"one_hot: labels must be integers, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"one_hot: labels must lie in 0..{classes - 1}")
+    return np.eye(classes, dtype=dtype)[y]
+
+
+# ---------------------------------------------------------------- affine layer
+
+class Linear(Primitive):
+    """x @ w + b in one instruction (x: (..., in), w: (in, out), b: (out,))."""
+
+    name = "linear"
+
+    def value(self, x, w, b=None):
+        out = np.matmul(x, w)
+        if b is not None:
+            out += b
+        return out
+
+    def jvp(self, xs, dxs, out, **params):
+        x, w = xs[0], xs[1]
+        k = next(t.shape[0] for t in dxs if t is not None)
+        tot = np.zeros((k,) + out.shape, dtype=out.dtype)
+        if dxs[0] is not None:
+            tot += np.matmul(dxs[0], w)
+        if dxs[1] is not None:
+            x2 = np.reshape(x, (-1, np.shape(x)[-1]))           # (M, in) @ (k, in, out)
+            tot += np.matmul(x2, dxs[1]).reshape(tot.shape)
+        if len(xs) > 2 and dxs[2] is not None:
+            tot += dxs[2].reshape((k,) + (1,) * (out.ndim - 1) + (-1,))
+        return tot
+
+    def vjp(self, g, xs, out, needs, **params):
+        x, w = np.asarray(xs[0]), np.asarray(xs[1])
+        g = np.asarray(g)
+        gx = np.matmul(g, w.T) if needs[0] else None
+        gw = gb = None
+        if needs[1]:
+            gw = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        if len(xs) > 2 and needs[2]:
+            gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
+        return (gx, gw) if len(xs) == 2 else (gx, gw, gb)
+
+
+_linear_p = Linear().register()
+
+
+def linear(x: Any, w: Any, b: Any = None) -> Any:
+    """The affine map ``x @ w + b`` (w has shape (in, out)), one tape instruction."""
+    wshape = np.shape(w) if not hasattr(w, "shape") else tuple(w.shape)
+    if len(wshape) != 2:
+        raise ValueError(f"linear: the weight must be a matrix (in, out), got shape {wshape}")
+    if b is None:
+        return _linear_p(x, w)
+    return _linear_p(x, w, b)
+
+
+# ---------------------------------------------------------------- convolution
+
+def pair(v: Any, name: str) -> Tuple[int, int]:
+    """An int or a pair of ints as a pair of non-negative ints."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        a, b = (operator.index(t) for t in v)
+    else:
+        a = b = operator.index(v)
+    if a < 0 or b < 0:
+        raise ValueError(f"{name} must be non-negative, got {v!r}")
+    return a, b
+
+
+def _out_size(n: int, k: int, s: int, p: int, name: str) -> int:
+    size = (n + 2 * p - k) // s + 1
+    if n + 2 * p < k:
+        raise ValueError(f"{name}: the window ({k}) is larger than the padded input ({n + 2 * p})")
+    return size
+
+
+def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
+    """(N, C, Ho, Wo, kh, kw) view of every window of a padded (N, C, H, W) array."""
+    return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _pad(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+
+
+def _col2im(gwin: np.ndarray, shape: Tuple[int, ...], sh: int, sw: int,
+            ph: int, pw: int) -> np.ndarray:
+    """The adjoint of ``_windows`` after padding: add each window's cotangent back."""
+    n, c, h, w = shape
+    _, _, ho, wo, kh, kw = gwin.shape
+    gxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=gwin.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            gxp[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += gwin[..., a, b]
+    return gxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def _check_nchw(x: np.ndarray, name: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{name}: the input must have shape (batch, channels, height, "
+                         f"width), got {x.shape}")
+
+
+class Conv2d(Primitive):
+    """2-D cross-correlation (what deep learning calls convolution), NCHW.
+
+    x: (N, C, H, W), w: (O, C, kh, kw), optional b: (O,).  im2col + one BLAS matmul.
+    """
+
+    name = "conv2d"
+
+    @staticmethod
+    def _geometry(x, w, stride, padding):
+        x, w = np.asarray(x), np.asarray(w)
+        _check_nchw(x, "conv2d")
+        if w.ndim != 4:
+            raise ValueError(f"conv2d: the weight must have shape (out_channels, "
+                             f"in_channels, kh, kw), got {w.shape}")
+        if w.shape[1] != x.shape[1]:
+            raise ValueError(f"conv2d: the input has {x.shape[1]} channels but the weight "
+                             f"expects {w.shape[1]}")
+        sh, sw = stride
+        ph, pw = padding
+        ho = _out_size(x.shape[2], w.shape[2], sh, ph, "conv2d")
+        wo = _out_size(x.shape[3], w.shape[3], sw, pw, "conv2d")
+        return ho, wo
+
+    @staticmethod
+    def _cols(x, kh, kw, stride, padding):
+        """im2col: (N*Ho*Wo, C*kh*kw)."""
+        win = _windows(_pad(x, *padding), kh, kw, *stride)      # (N, C, Ho, Wo, kh, kw)
+        n, c, ho, wo = win.shape[:4]
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
+
+    def _conv(self, x, w, stride, padding):
+        ho, wo = self._geometry(x, w, stride, padding)
+        o, c, kh, kw = w.shape
+        cols = self._cols(x, kh, kw, stride, padding)
+        out = cols @ w.reshape(o, -1).T                          # (N*Ho*Wo, O)
+        return np.ascontiguousarray(out.reshape(x.shape[0], ho, wo, o).transpose(0, 3, 1, 2))
+
+    def value(self, x, w, b=None, *, stride=(1, 1), padding=(0, 0)):
+        x, w = _float(x), _float(w)
+        out = self._conv(x, w, stride, padding)
+        if b is not None:
+            out += np.asarray(b).reshape(1, -1, 1, 1)
+        return out
+
+    def jvp(self, xs, dxs, out, *, stride=(1, 1), padding=(0, 0)):
+        x, w = _float(xs[0]), _float(xs[1])
+        k = next(t.shape[0] for t in dxs if t is not None)
+        n = x.shape[0]
+        o = w.shape[0]
+        tot = np.zeros((k,) + out.shape, dtype=out.dtype)
+        if dxs[0] is not None:   # conv(dx, w): the k directions join the batch
+            dx = dxs[0].reshape((k * n,) + x.shape[1:])
+            tot += self._conv(dx, w, stride, padding).reshape(tot.shape)
+        if dxs[1] is not None:   # conv(x, dw): the k directions join the output channels
+            dw = dxs[1].reshape((k * o,) + w.shape[1:])
+            t = self._conv(x, dw, stride, padding)               # (N, k*O, Ho, Wo)
+            tot += t.reshape((n, k, o) + t.shape[2:]).transpose(1, 0, 2, 3, 4)
+        if len(xs) > 2 and dxs[2] is not None:
+            tot += dxs[2].reshape(k, 1, o, 1, 1)
+        return tot
+
+    def vjp(self, g, xs, out, needs, *, stride=(1, 1), padding=(0, 0)):
+        x, w = _float(xs[0]), _float(xs[1])
+        g = np.asarray(g)
+        o, c, kh, kw = w.shape
+        n, _, ho, wo = g.shape
+        g2 = g.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+        gx = gw = gb = None
+        if needs[1]:
+            gw = (g2.T @ self._cols(x, kh, kw, stride, padding)).reshape(w.shape)
+        if needs[0]:
+            gcols = (g2 @ w.reshape(o, -1)).reshape(n, ho, wo, c, kh, kw)
+            gx = _col2im(gcols.transpose(0, 3, 1, 2, 4, 5), x.shape, *stride, *padding)
+        if len(xs) > 2 and needs[2]:
+            gb = g.sum(axis=(0, 2, 3))
+        return (gx, gw) if len(xs) == 2 else (gx, gw, gb)
+
+
+_conv2d_p = Conv2d().register()
+
+
+def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0) -> Any:
+    """2-D convolution (cross-correlation) of NCHW ``x`` with ``w`` (O, C, kh, kw),
+    plus the bias ``b`` (O,) if given."""
+    params = {"stride": pair(stride, "conv2d: stride"), "padding": pair(padding, "conv2d: padding")}
+    if 0 in params["stride"]:
+        raise ValueError("conv2d: stride must be positive")
+    if b is None:
+        return _conv2d_p(x, w, **params)
+    return _conv2d_p(x, w, b, **params)
+
+
+# ---------------------------------------------------------------- pooling
+
+class _Pool(Primitive):
+    def _geometry(self, x, kernel, stride, padding):
+        _check_nchw(x, self.name)
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        if 2 * ph > kh or 2 * pw > kw:
+            raise ValueError(f"{self.name}: padding must be at most half the window")
+        _out_size(x.shape[2], kh, sh, ph, self.name)
+        _out_size(x.shape[3], kw, sw, pw, self.name)
+
+
+class MaxPool2d(_Pool):
+    name = "max_pool2d"
+
+    def _win_weights(self, x, kernel, stride, padding):
+        """Windows of x and each entry's share of its window's maximum."""
+        win = _windows(_pad(x, *padding, fill=-np.inf), *kernel, *stride)
+        m = win.max(axis=(4, 5), keepdims=True)
+        mask = win == m
+        w = mask / np.sum(mask, axis=(4, 5), keepdims=True).astype(x.dtype)
+        return w.astype(x.dtype, copy=False)
+
+    def value(self, x, *, kernel, stride, padding):
+        x = _float(x)
+        self._geometry(x, kernel, stride, padding)
+        win = _windows(_pad(x, *padding, fill=-np.inf), *kernel, *stride)
+        return np.ascontiguousarray(win.max(axis=(4, 5)))
+
+    def jvp(self, xs, dxs, out, *, kernel, stride, padding):
+        x = _float(xs[0])
+        (dx,) = dxs
+        k = dx.shape[0]
+        w = self._win_weights(x, kernel, stride, padding)
+        dwin = _windows(_pad(dx.reshape((k * x.shape[0],) + x.shape[1:]), *padding),
+                        *kernel, *stride)
+        dwin = dwin.reshape((k,) + w.shape)
+        return np.sum(dwin * w, axis=(5, 6))
+
+    def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
+        x = _float(xs[0])
+        w = self._win_weights(x, kernel, stride, padding)
+        gwin = np.asarray(g)[..., None, None] * w
+        return (_col2im(gwin, x.shape, *stride, *padding),)
+
+
+class AvgPool2d(_Pool):
+    """Window means; padded zeros count in the mean (PyTorch's default)."""
+
+    name = "avg_pool2d"
+
+    def _pool(self, x, kernel, stride, padding):
+        win = _windows(_pad(x, *padding), *kernel, *stride)
+        return np.ascontiguousarray(win.mean(axis=(4, 5)))
+
+    def value(self, x, *, kernel, stride, padding):
+        x = _float(x)
+        self._geometry(x, kernel, stride, padding)
+        return self._pool(x, kernel, stride, padding)
+
+    def jvp(self, xs, dxs, out, *, kernel, stride, padding):
+        (dx,) = dxs
+        k = dx.shape[0]
+        t = self._pool(dx.reshape((k * dx.shape[1],) + dx.shape[2:]), kernel, stride, padding)
+        return t.reshape((k,) + out.shape)
+
+    def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
+        x = _float(xs[0])
+        g = np.asarray(g)
+        kh, kw = kernel
+        scale = np.asarray(1.0 / (kh * kw), dtype=g.dtype)
+        gwin = np.broadcast_to((g * scale)[..., None, None], g.shape + (kh, kw))
+        return (_col2im(gwin, x.shape, *stride, *padding),)
+
+
+_max_pool2d_p = MaxPool2d().register()
+_avg_pool2d_p = AvgPool2d().register()
+
+
+def _pool_params(kernel_size, stride, padding, name):
+    kernel = pair(kernel_size, f"{name}: kernel_size")
+    stride = kernel if stride is None else pair(stride, f"{name}: stride")
+    if 0 in kernel or 0 in stride:
+        raise ValueError(f"{name}: kernel_size and stride must be positive")
+    return {"kernel": kernel, "stride": stride, "padding": pair(padding, f"{name}: padding")}
+
+
+def max_pool2d(x: Any, kernel_size: Any = 2, stride: Any = None, padding: Any = 0) -> Any:
+    """Maximum over each window of NCHW ``x`` (stride defaults to the window);
+    tied maxima share the derivative evenly."""
+    return _max_pool2d_p(x, **_pool_params(kernel_size, stride, padding, "max_pool2d"))
+
+
+def avg_pool2d(x: Any, kernel_size: Any = 2, stride: Any = None, padding: Any = 0) -> Any:
+    """Mean over each window of NCHW ``x`` (stride defaults to the window)."""
+    return _avg_pool2d_p(x, **_pool_params(kernel_size, stride, padding, "avg_pool2d"))
+
+
+# ---------------------------------------------------------------- dropout, reshaping
+
+class Dropout(Primitive):
+    """x * mask, the mask (0 or 1/(1-rate)) a constant second input."""
+
+    name = "dropout"
+    differentiable = (0,)
+
+    def value(self, x, mask):
+        return _float(x) * mask
+
+    def jvp(self, xs, dxs, out, **params):
+        return dxs[0] * xs[1]
+
+    def vjp(self, g, xs, out, needs, **params):
+        return (sum_to_shape(np.asarray(g) * xs[1], np.shape(xs[0])), None)
+
+
+_dropout_p = Dropout().register()
+
+
+def dropout(x: Any, rate: float, rng: Optional[np.random.Generator],
+            training: bool = True) -> Any:
+    """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate).
+
+    ``rng`` is an explicit ``numpy.random.Generator`` (no hidden global state).
+    The mask is drawn when this is called: a recorded tape replays the mask it
+    recorded, so draw masks outside a recorded step if each replay needs new ones.
+    """
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    if not training or rate == 0.0:
+        return x
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("dropout: rng must be a numpy.random.Generator, e.g. "
+                        "numpy.random.default_rng(0)")
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    dtype = getattr(x, "dtype", np.float64)
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    keep = rng.random(shape) >= rate
+    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
+    return _dropout_p(x, mask)
+
+
+def flatten(x: Any, start_axis: int = 1) -> Any:
+    """Merge the axes from ``start_axis`` on into one, e.g. (N, C, H, W) -> (N, C*H*W)."""
+    from ..array_ops import reshape
+
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    start = _axis(start_axis, len(shape), "flatten")
+    return reshape(x, shape[:start] + (-1,))
