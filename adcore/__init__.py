@@ -11,5 +11,8 @@ from .trees import flatten as tree_flatten, unflatten as tree_unflatten, tree_ma
 from .primitives import Primitive
 from .array_ops import (amax as max, broadcast_to, concatenate, getitem, matmul, mean,
                         reshape, stack, sum, transpose)
+from .coords import SCALAR, Named, Product, Range
+from .vectors import Vector, basis, distance
+from .linear import Matrix, identity, matrix_of
 
 __version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""V(C): vectors as functions from a coordinate set to the reals."""
+
+import math
+
+import numpy as np
+import pytest
+
+import adcore
+from adcore import SCALAR, CoordinateError, Named, Range, Vector, basis, distance
+
+XY = Named("x", "y")
+
+
+def test_construction_from_mapping_sequence_and_array():
+    v = Vector(XY, {"y": 5, "x": 3})
+    assert v["x"] == 3.0 and v["y"] == 5.0
+    assert Vector(XY, [3, 5]) == v
+    assert Vector(XY, np.array([3.0, 5.0])) == v
+    assert Vector(XY, v) == v
+    assert v.coords == XY and v.size == 2 and v.shape == (2,) and len(v) == 2
+    assert list(v) == [3.0, 5.0]
+    assert list(v.items()) == [("x", 3.0), ("y", 5.0)]
+    assert v.to_dict() == {"x": 3.0, "y": 5.0}
+    assert v.is_plain and v.values.dtype == np.float64
+
+
+def test_tensor_shaped_vectors():
+    p = Range(2) * Range(3) * Range(5)
+    a = np.arange(30.0).reshape(2, 3, 5)
+    v = Vector(p, a)
+    assert v[1, 2, 3] == a[1, 2, 3]
+    assert Vector(p, a.ravel()) == v
+    assert Vector(p, a.tolist()) == v
+    np.testing.assert_array_equal(np.asarray(v), a)
+    assert np.asarray(v).shape == (2, 3, 5)
+
+
+def test_scalars_are_vectors_over_the_empty_product():
+    s = Vector(SCALAR, 2.5)
+    assert s[()] == 2.5 and s.size == 1 and np.asarray(s).shape == ()
+    assert Vector(SCALAR, [2.5]) == s == Vector(SCALAR, np.array(2.5))
+
+
+@pytest.mark.parametrize("values, exc, pattern", [
+    ([1.0, 2.0, 3.0], ValueError, r"Named\('x', 'y'\) needs 2 values .* got 3"),
+    (np.zeros(3), ValueError, r"needs 2 values .* shape \(3,\)"),
+    (7.0, ValueError, "a single number"),
+    ({"x": 1.0}, CoordinateError, "no value for coordinate 'y'"),
+    ({"x": 1.0, "y": 2.0, "z": 3.0}, CoordinateError, r"'z' is not in Named\('x', 'y'\)"),
+    (["a", 1.0], TypeError, "coordinate 'x' is a str"),
+    ([None, 1.0], TypeError, "NoneType"),
+    ([1j, 1.0], TypeError, "complex"),
+    (np.array([1j, 2.0]), TypeError, "complex"),
+    ("xy", TypeError, "not a str"),
+])
+def test_bad_values_are_named(values, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        Vector(XY, values)
+
+
+def test_bad_coordinate_set_and_lookup():
+    with pytest.raises(TypeError, match="not a coordinate set"):
+        Vector((2,), [1.0, 2.0])
+    with pytest.raises(CoordinateError, match=r"'q' is not in Named\('x', 'y'\)"):
+        Vector(XY, [1.0, 2.0])["q"]
+
+
+def test_integer_and_bool_values_become_floats():
+    v = Vector(Range(3), np.array([1, 2, 3], dtype=np.int32))
+    assert v.is_plain and v[2] == 3.0 and type(v[2]) is float
+    assert Vector(Range(2), [True, False])[0] == 1.0
+
+
+def test_element_wise_arithmetic_with_scalars_broadcast():
+    v = Vector(XY, [3.0, 4.0])
+    w = Vector(XY, [1.0, 2.0])
+    assert v + w == Vector(XY, [4.0, 6.0])
+    assert v - w == Vector(XY, [2.0, 2.0])
+    assert v * w == Vector(XY, [3.0, 8.0])
+    assert v / w == Vector(XY, [3.0, 2.0])
+    assert v ** 2 == Vector(XY, [9.0, 16.0])
+    assert 2 ** w == Vector(XY, [2.0, 4.0])
+    assert 1 - v == Vector(XY, [-2.0, -3.0])
+    assert 12 / v == Vector(XY, [4.0, 3.0])
+    assert -v == Vector(XY, [-3.0, -4.0])
+    assert abs(-v) == v and +v == v
+    assert np.float64(2.0) * v == 2 * v == v * 2
+    # IEEE, never an exception
+    z = Vector(XY, [0.0, 1.0])
+    q = 1.0 / z
+    assert q["x"] == math.inf and q["y"] == 1.0
+
+
+def test_different_sets_do_not_combine():
+    v = Vector(XY, [1.0, 2.0])
+    u = Vector(Named("y", "x"), [1.0, 2.0])
+    with pytest.raises(CoordinateError, match=r"Named\('x', 'y'\).*Named\('y', 'x'\)"):
+        v + u
+    with pytest.raises(CoordinateError, match=r"Range\(2\)"):
+        v.dot(Vector(Range(2), [1.0, 2.0]))
+    with pytest.raises(TypeError):
+        v + np.array([1.0, 2.0])  # an unlabelled array has no coordinates
+    with pytest.raises(TypeError):
+        v + "x"
+
+
+def test_basis_dot_norm_distance():
+    c = Range(2) * Named("a", "b")
+    for i in c:
+        e = basis(c, i)
+        assert e[i] == 1.0 and e.sum() == 1.0
+        for j in c:
+            assert basis(c, i).dot(basis(c, j)) == (1.0 if i == j else 0.0)
+    v = Vector(XY, [3.0, 4.0])
+    w = Vector(XY, [0.0, 1.0])
+    assert v.dot(w) == 4.0 and adcore.vectors.dot(v, w) == 4.0
+    assert v.norm() == 5.0
+    assert distance(v, w) == math.sqrt(9.0 + 9.0)
+    # v = sum over j of v[j] 1_j
+    assert sum((v[j] * basis(XY, j) for j in XY), Vector(XY, [0.0, 0.0])) == v
+    with pytest.raises(CoordinateError):
+        basis(XY, "z")
+
+
+def test_repr_round_trips():
+    for v in (Vector(XY, [3.0, 4.5]), Vector(Range(3), [1.0, 2.0, 3.0]),
+              Vector(Range(2) * Named("a"), [1.0, 2.0])):
+        assert eval(repr(v), vars(adcore)) == v
+    assert "..." in repr(Vector(Range(100), np.zeros(100)))
+
+
+def test_element_wise_python_function():
+    v = Vector(XY, [1.0, 2.0])
+    assert v.apply(lambda a, b: a * b + 1.0, Vector(XY, [3.0, 4.0])) == Vector(XY, [4.0, 9.0])
+    assert adcore.vectors.elementwise(lambda a, s: a - s, v, 1.0) == Vector(XY, [0.0, 1.0])
+    with pytest.raises(ValueError, match="not a rule-table function"):
+        v.apply("frobnicate")
