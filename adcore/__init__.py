@@ -16,3 +16,15 @@ from .vectors import Vector, basis, distance
 from .linear import Matrix, identity, matrix_of
 
 __version__ = "0.1.0"
+
+# The public API, for `from adcore import *` and for type checkers (mypy
+# --strict re-exports from a py.typed package only what is listed here).
+# Add every new export; tests/test_package.py checks the list.
+__all__ = [
+    "AdcoreError", "BranchChangedError", "CoordinateError", "NestingError", "TapeError",
+    "TapeFormatError", "tree_flatten", "tree_unflatten", "tree_map", "Primitive",
+    "max", "broadcast_to", "concatenate", "getitem", "matmul", "mean", "reshape", "stack",
+    "sum", "transpose",
+    "SCALAR", "Named", "Product", "Range", "Vector", "basis", "distance", "Matrix",
+    "identity", "matrix_of",
+]

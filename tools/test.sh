@@ -9,6 +9,7 @@
 #   bash tools/test.sh --tests /some/tests      # another copy of the tests
 #   bash tools/test.sh --env LD_PRELOAD=...     # set only for the pytest process
 #   bash tools/test.sh -- -x -k dual            # anything after -- goes to pytest
+#   bash tools/test.sh -- tests/test_package.py # only these tests
 #
 # Exit status: pytest's, except that "no tests collected" (5) is reported and
 # counts as success while the suite is still being written.
@@ -103,8 +104,14 @@ if not where.startswith(venv + os.sep):
 print(f"tools/test.sh: adcore {adcore.__version__} from {os.path.dirname(where)}; numpy {numpy.__version__}")
 PYCHECK
 
+# Paths given after -- (tests/test_x.py, tests/test_x.py::name) replace the default "tests".
+TARGET=(tests)
+for a in ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"}; do
+    if [[ "$a" == tests || "$a" == tests/* ]]; then TARGET=(); break; fi
+done
+
 set +e
-env ${PYTEST_ENV[@]+"${PYTEST_ENV[@]}"} "$VPY" -m pytest -p no:cacheprovider -ra tests ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"}
+env ${PYTEST_ENV[@]+"${PYTEST_ENV[@]}"} "$VPY" -m pytest -p no:cacheprovider -ra ${TARGET[@]+"${TARGET[@]}"} ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"}
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
