@@ -14,6 +14,15 @@ from .array_ops import (amax as max, broadcast_to, concatenate, getitem, matmul,
 from .coords import SCALAR, Named, Product, Range
 from .vectors import Vector, basis, distance
 from .linear import Matrix, identity, matrix_of
+from ._dual import Dual, DualArray, PUBLIC_FUNCTIONS as _ELEMENTWISE
+from .nested import NestedDual
+from .forward import derivative, jacfwd, jvp
+from ._dual import (  # the element-wise functions, one per public rule of _rules.py
+    add, sub, mul, div, neg, pow, xlogy, abs, sqrt, cbrt, exp, exp2, expm1, log, log2,
+    log10, log1p, sin, cos, tan, asin, acos, atan, atan2, hypot, sinh, cosh, tanh,
+    asinh, acosh, atanh, erf, erfc, sigmoid, softplus, relu, gelu, minimum, maximum,
+    where, floor, ceil, round, sign, less, less_equal, greater, greater_equal, equal,
+    not_equal)
 
 __version__ = "0.1.0"
 
@@ -27,4 +36,6 @@ __all__ = [
     "sum", "transpose",
     "SCALAR", "Named", "Product", "Range", "Vector", "basis", "distance", "Matrix",
     "identity", "matrix_of",
+    "Dual", "DualArray", "NestedDual", "jvp", "derivative", "jacfwd",
 ]
+__all__ += sorted(_ELEMENTWISE)

@@ -1,0 +1,292 @@
+"""Nesting of differentiations: a dual number whose parts are other adcore values.
+
+When a differentiation with tag T meets an active value of an outer
+differentiation (a smaller tag), the result must carry both perturbations
+without confusing them (Siskind & Pearlmutter's perturbation confusion).  A
+``NestedDual`` of tag T holds a *value* and k *tangents* that are themselves
+values of the outer differentiations: floats, arrays, Duals or DualArrays of
+smaller tags, tape handles of smaller tags, or further NestedDuals.
+
+Its operations compute the value with ``adcore.dispatch.apply`` on the parts
+and the tangents with the rule's *partial expressions* from ``adcore/_rules.py``,
+compiled here into Python functions whose calls dispatch as well; so every
+order of derivative comes from the same row of the rule table, and the outer
+differentiations see only ordinary operations on their own values.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._rules import RULES
+from .dispatch import apply
+from .errors import NestingError
+
+__all__ = ["NestedDual", "partial_functions"]
+
+_OP_MULZ = next(r.opcode for r in RULES if r.name == "mulz")
+
+
+def _rule_caller(op: int) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return apply(op, args)
+    return call
+
+
+def _compile_partials() -> Dict[int, Tuple[Any, ...]]:
+    """Per opcode, per input: a float (a constant partial) or a function (x, y, z, r)."""
+    namespace = {rule.name: _rule_caller(rule.opcode) for rule in RULES}
+    table: Dict[int, Tuple[Any, ...]] = {}
+    for rule in RULES:
+        names = ("x", "y", "z")[: rule.arity]
+        parts: List[Any] = []
+        for text in rule.partials:
+            tree = ast.parse(text, mode="eval")
+            const = _constant(tree.body)
+            if const is not None:
+                parts.append(const)
+                continue
+            source = f"lambda {', '.join(names)}, r: {text}"
+            parts.append(eval(compile(source, f"<partial of {rule.name}>", "eval"),
+                              dict(namespace)))
+        table[rule.opcode] = tuple(parts)
+    return table
+
+
+def _constant(node: ast.AST) -> Optional[float]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, float):
+        return node.value
+    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, float)):
+        return -node.operand.value
+    return None
+
+
+#: opcode -> one entry per input: a float constant or a function of (inputs..., r)
+partial_functions: Dict[int, Tuple[Any, ...]] = _compile_partials()
+
+
+def _is_zero(t: Any) -> bool:
+    # only a plain zero is skipped: an active zero may carry outer perturbations
+    return type(t) in (float, int) and t == 0
+
+
+def _times(t: Any, p: Any) -> Any:
+    """The contribution t * p of one tangent through a partial; exactly 0 when t == 0,
+    even if p is inf or NaN (the table's zero-tangent convention)."""
+    if isinstance(p, float):
+        if p == 1.0:
+            return t
+        if p == -1.0:
+            return -t
+    if type(t) is float or type(t) is int:
+        return p * t
+    return apply(_OP_MULZ, (t, p))
+
+
+class NestedDual:
+    """A dual number of tag ``tag`` whose value and k tangents are other values."""
+
+    __slots__ = ("value", "tangents", "tag")
+    _ad_rank = 2
+    __array_priority__ = 100
+
+    def __init__(self, value: Any, tangents: Sequence[Any], tag: int) -> None:
+        tangents = list(tangents)
+        if not tangents:
+            raise ValueError("NestedDual: needs at least one tangent")
+        vtag = getattr(value, "_ad_tag", None)
+        if vtag is not None and vtag >= tag:
+            raise NestingError(f"NestedDual of tag {tag}: its value belongs to the same "
+                               f"or an inner differentiation (tag {vtag})")
+        self.value = value
+        self.tangents = tangents
+        self.tag = tag
+
+    @property
+    def _ad_tag(self) -> int:
+        return self.tag
+
+    @property
+    def k(self) -> int:
+        return len(self.tangents)
+
+    def __repr__(self) -> str:
+        return f"NestedDual({self.value!r}, {self.tangents!r}, tag={self.tag})"
+
+    # -- the dispatch protocol
+
+    @classmethod
+    def _ad_apply(cls, op: int, args: Sequence[Any]) -> Any:
+        args = tuple(args)
+        tag = max(a._ad_tag for a in args if getattr(a, "_ad_tag", None) is not None)
+        values, tangents, k = _split_args(args, tag)
+        r = apply(op, values)
+        parts = partial_functions[op]
+        out: List[Any] = [0.0] * k
+        for i, ts in enumerate(tangents):
+            if ts is None:
+                continue
+            p = parts[i]
+            if isinstance(p, float):
+                if p == 0.0:
+                    continue
+            else:
+                p = p(*values, r)
+            for j, t in enumerate(ts):
+                if _is_zero(t):
+                    continue
+                term = _times(t, p)
+                out[j] = term if _is_zero(out[j]) else out[j] + term
+        return _build(r, out, tag)
+
+    @classmethod
+    def _ad_primitive(cls, prim: Any, args: Sequence[Any], params: Dict[str, Any]) -> Any:
+        args = tuple(args)
+        tag = max(a._ad_tag for a in args if getattr(a, "_ad_tag", None) is not None)
+        values, tangents, k = _split_args(args, tag)
+        parts = list(values) + [t for ts in tangents if ts is not None for t in ts]
+        if any(getattr(p, "_ad_tag", None) is not None for p in parts):
+            raise NestingError(
+                f"adcore.{prim.name}: array primitives cannot yet carry a differentiation "
+                f"nested inside another forward-mode differentiation (tag {tag}); "
+                f"use element-wise operations, or adcore.hessian/hvp for second derivatives")
+        from ._dual import wrap_forward
+        xs = [np.asarray(v) if not isinstance(v, (float, int)) else v for v in values]
+        dxs = [None if ts is None else np.stack([np.broadcast_to(np.asarray(t, dtype=float),
+                                                                 np.shape(x)) for t in ts])
+               for x, ts in zip(xs, tangents)]
+        out = prim.value(*xs, **params)
+        return wrap_forward(out, prim.jvp(xs, dxs, out, **params), tag)
+
+    # -- operators: everything dispatches
+
+    def __add__(self, o): return _binary(0, self, o)
+    def __radd__(self, o): return _binary(0, o, self)
+    def __sub__(self, o): return _binary(1, self, o)
+    def __rsub__(self, o): return _binary(1, o, self)
+    def __mul__(self, o): return _binary(2, self, o)
+    def __rmul__(self, o): return _binary(2, o, self)
+    def __truediv__(self, o): return _binary(3, self, o)
+    def __rtruediv__(self, o): return _binary(3, o, self)
+    def __pow__(self, o): return _binary(5, self, o)
+    def __rpow__(self, o): return _binary(5, o, self)
+    def __neg__(self): return apply(_OP["neg"], (self,))
+    def __pos__(self): return self
+    def __abs__(self): return apply(_OP["abs"], (self,))
+
+    def __float__(self) -> float:
+        return float(_primal(self))
+
+    def __bool__(self) -> bool:
+        return bool(_primal(self))
+
+    def __lt__(self, o): return _compare(self, o, np.less)
+    def __le__(self, o): return _compare(self, o, np.less_equal)
+    def __gt__(self, o): return _compare(self, o, np.greater)
+    def __ge__(self, o): return _compare(self, o, np.greater_equal)
+    def __eq__(self, o): return _compare(self, o, np.equal)  # type: ignore[override]
+    def __ne__(self, o): return _compare(self, o, np.not_equal)  # type: ignore[override]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # array-like access goes through the primitives, as for DualArray
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(np.shape(_primal(self)))
+
+    def __getitem__(self, index: Any) -> Any:
+        from .array_ops import getitem
+        return getitem(self, index)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if method != "__call__" or kwargs:
+            return NotImplemented
+        from ._dual import _UFUNC_RULES, _UFUNC_COMPARE, _COMPARE_NP
+        name = ufunc.__name__
+        if name in _UFUNC_COMPARE:
+            return _COMPARE_NP[_UFUNC_COMPARE[name]](*[_primal(x) for x in inputs])
+        op = _UFUNC_RULES.get(name)
+        if op is None:
+            return NotImplemented
+        return apply(op, inputs)
+
+
+_OP = {rule.name: rule.opcode for rule in RULES}
+assert (_OP["add"], _OP["sub"], _OP["mul"], _OP["div"], _OP["pow"]) == (0, 1, 2, 3, 5)
+
+
+def _is_operand(x: Any) -> bool:
+    return (getattr(x, "_ad_tag", None) is not None
+            or isinstance(x, (float, int, np.ndarray, np.generic)))
+
+
+def _binary(op: int, a: Any, b: Any) -> Any:
+    if not (_is_operand(a) and _is_operand(b)):
+        return NotImplemented
+    return apply(op, (a, b))
+
+
+def _primal(x: Any) -> Any:
+    while getattr(x, "_ad_tag", None) is not None:
+        x = x.value
+    return x
+
+
+def _compare(a: NestedDual, b: Any, fn: Any) -> Any:
+    btag = getattr(b, "_ad_tag", None)
+    if btag is not None and (btag, b._ad_rank) > (a.tag, 2):
+        return NotImplemented
+    if not _is_operand(b):
+        return NotImplemented
+    result = fn(_primal(a), _primal(b))
+    return bool(result) if np.ndim(result) == 0 else result
+
+
+def _split_args(args: Tuple[Any, ...], tag: int) -> Tuple[List[Any], List[Optional[List[Any]]], int]:
+    """Each argument's value part and tangent parts (None for a constant of tag)."""
+    from ._dual import Dual, DualArray
+    values: List[Any] = []
+    tangents: List[Optional[List[Any]]] = []
+    k = -1
+    for a in args:
+        atag = getattr(a, "_ad_tag", None)
+        if atag is None or atag < tag:
+            values.append(a)
+            tangents.append(None)
+            continue
+        if atag > tag:
+            raise NestingError(f"a value of differentiation {atag} reached differentiation "
+                               f"{tag}, which runs outside it")
+        if type(a) is NestedDual:
+            v, ts = a.value, list(a.tangents)
+        elif type(a) is Dual:
+            v, ts = a.value, [float(t) for t in a.tangents]
+        elif type(a) is DualArray:
+            v, ts = a.value, list(a.tangents)
+        else:
+            raise NestingError(f"a {type(a).__name__} cannot take part in a forward-mode "
+                               f"differentiation nested in another one (tag {tag})")
+        if k >= 0 and len(ts) != k:
+            raise ValueError(f"forward-mode values of one differentiation carry different "
+                             f"numbers of tangents: k={k} and k={len(ts)}")
+        k = len(ts)
+        values.append(v)
+        tangents.append(ts)
+    return values, tangents, k
+
+
+def _build(r: Any, tangents: List[Any], tag: int) -> Any:
+    """The result: a plain Dual/DualArray when every part is plain, else a NestedDual."""
+    if getattr(r, "_ad_tag", None) is None and not any(
+            getattr(t, "_ad_tag", None) is not None for t in tangents):
+        from ._dual import wrap_forward
+        shape = np.shape(r)
+        dt = np.asarray(r).dtype
+        dt = dt if dt == np.float32 else np.float64
+        tans = np.stack([np.broadcast_to(np.asarray(t, dtype=dt), shape) for t in tangents])
+        return wrap_forward(r, tans, tag)
+    return NestedDual(r, tangents, tag)
