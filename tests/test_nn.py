@@ -275,3 +275,209 @@ def test_float32_stays_float32():
         g = np.ones(np.shape(out), f32)
         for ct in prim.vjp(g, xs, out, [a.dtype == f32 for a in xs], **params):
             assert ct is None or np.asarray(ct).dtype == f32, name
+
+
+# ---------------------------------------------------------------- a two-layer network by hand
+
+def _two_layer(dtype=np.float64, seed=3):
+    rng = np.random.default_rng(seed)
+    model = nn.MLP([5, 4, 3])
+    params = model.init(rng, dtype)
+    for p in params:                      # non-zero biases so that they are tested too
+        if p:
+            p["b"][...] = rng.standard_normal(p["b"].shape)
+    x = rng.standard_normal((6, 5)).astype(dtype)
+    y = np.array([0, 2, 1, 1, 0, 2])
+    return model, params, x, y
+
+
+def test_reference_gradients_against_finite_differences():
+    from adcore.nn.reference import mlp_loss_and_grads
+
+    _, params, x, y = _two_layer()
+    loss, grads = mlp_loss_and_grads(params, x, y)
+    eps = 1e-6
+    for li, p in enumerate(params):
+        for k in p:
+            fd = np.zeros_like(p[k])
+            for idx in np.ndindex(p[k].shape):
+                old = p[k][idx]
+                p[k][idx] = old + eps
+                up = mlp_loss_and_grads(params, x, y)[0]
+                p[k][idx] = old - eps
+                down = mlp_loss_and_grads(params, x, y)[0]
+                p[k][idx] = old
+                fd[idx] = (up - down) / (2 * eps)
+            np.testing.assert_allclose(grads[li][k], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_primitive_rules_compose_to_the_hand_derived_gradients():
+    """The chain rule through the primitives' own vjps (no tape) gives the hand-written
+    backpropagation, and the model's forward pass gives the same loss."""
+    from adcore.nn.reference import mlp_loss_and_grads
+
+    model, params, x, y = _two_layer()
+    lin, ce = REGISTRY["linear"], REGISTRY["cross_entropy"]
+    w1, b1, w2, b2 = params[0]["w"], params[0]["b"], params[2]["w"], params[2]["b"]
+    z1 = lin.value(x, w1, b1)
+    h = np.maximum(z1, 0.0)
+    z2 = lin.value(h, w2, b2)
+    loss = ce.value(z2, y)
+    gz2, _ = ce.vjp(np.float64(1.0), [z2, y], loss, [True, False])
+    gh, gw2, gb2 = lin.vjp(gz2, [h, w2, b2], z2, [True, True, True])
+    gz1 = gh * (z1 > 0)                                  # relu' (rule table: greater(x, 0))
+    _, gw1, gb1 = lin.vjp(gz1, [x, w1, b1], z1, [False, True, True])
+    ref_loss, ref = mlp_loss_and_grads(params, x, y)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(F.cross_entropy(model(params, x), y), ref_loss, rtol=1e-12)
+    for got, want in [(gw1, ref[0]["w"]), (gb1, ref[0]["b"]), (gw2, ref[2]["w"]),
+                      (gb2, ref[2]["b"])]:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------- layers and initializers
+
+def test_initializers():
+    rng = np.random.default_rng(0)
+    w = nn.he_normal(rng, (400, 300))
+    assert w.dtype == np.float32 and w.shape == (400, 300)
+    assert abs(w.std() - np.sqrt(2 / 400)) < 0.05 * np.sqrt(2 / 400)
+    w = nn.glorot_uniform(rng, (400, 300), np.float64)
+    a = np.sqrt(6 / 700)
+    assert w.dtype == np.float64 and w.max() <= a and w.min() >= -a and w.max() > 0.95 * a
+    c = nn.he_uniform(rng, (8, 3, 3, 3))                  # fan_in = 3 * 3 * 3
+    assert c.max() <= np.sqrt(6 / 27) and c.max() > 0.9 * np.sqrt(6 / 27)
+    assert abs(nn.glorot_normal(rng, (300, 500)).std() - np.sqrt(2 / 800)) < 0.003
+    with pytest.raises(TypeError, match="Generator"):
+        nn.he_normal(0, (3, 3))
+    with pytest.raises(ValueError, match="unknown initializer"):
+        nn.Linear(3, 2, init="nope")
+    # the same seed gives the same parameters
+    a1 = nn.MLP([4, 8, 2]).init(np.random.default_rng(7))
+    a2 = nn.MLP([4, 8, 2]).init(np.random.default_rng(7))
+    np.testing.assert_array_equal(a1[0]["w"], a2[0]["w"])
+
+
+def test_layers_apply():
+    rng = np.random.default_rng(1)
+    lin = nn.Linear(3, 2)
+    p = lin.init(rng, np.float64)
+    assert p["w"].shape == (3, 2) and p["b"].shape == (2,) and not p["b"].any()
+    x = rng.standard_normal((4, 3))
+    np.testing.assert_allclose(lin(p, x), x @ p["w"])
+    assert "b" not in nn.Linear(3, 2, bias=False).init(rng)
+    conv = nn.Conv2d(2, 5, 3, padding=1)
+    pc = conv.init(rng)
+    assert pc["w"].shape == (5, 2, 3, 3) and pc["w"].dtype == np.float32
+    out = conv(pc, rng.standard_normal((3, 2, 8, 8)).astype(np.float32))
+    assert out.shape == (3, 5, 8, 8) and out.dtype == np.float32
+    act = nn.Activation("relu")
+    np.testing.assert_array_equal(act({}, np.array([-1.0, 2.0])), [0.0, 2.0])
+    with pytest.raises(ValueError, match="unknown activation"):
+        nn.Activation("swish")
+
+
+def test_sequential_and_mlp():
+    rng = np.random.default_rng(2)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Activation("relu"),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
+    params = model.init(rng)
+    assert [sorted(p) for p in params] == [["b", "w"], [], [], [], [], ["b", "w"]]
+    assert nn.count_parameters(params) == 4 * 9 + 4 + 640 + 10
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    out = model(params, x)
+    assert out.shape == (5, 10) and out.dtype == np.float32
+    # dropout is off unless training, and training needs an rng
+    np.testing.assert_array_equal(out, model(params, x))
+    with pytest.raises(ValueError, match="rng"):
+        model(params, x, training=True)
+    assert model(params, x, training=True, rng=np.random.default_rng(0)).shape == (5, 10)
+    with pytest.raises(ValueError, match="parameters for"):
+        model(params[:-1], x)
+    mlp = nn.MLP([64, 32, 16, 10], activation="tanh")
+    assert len(mlp.layers) == 5 and mlp.layers[1].name == "tanh"
+    assert mlp(mlp.init(rng), x.reshape(5, 64)).shape == (5, 10)
+    with pytest.raises(TypeError, match="not an adcore.nn layer"):
+        nn.Sequential(lambda p, x: x)
+
+
+# ---------------------------------------------------------------- optimizers
+
+def test_sgd():
+    p = {"a": np.array([1.0, -2.0]), "b": [np.array(3.0)]}
+    g = {"a": np.array([0.5, 0.5]), "b": [np.array(-1.0)]}
+    opt = nn.SGD(lr=0.1)
+    out = opt.step(p, g)
+    assert out is p
+    np.testing.assert_allclose(p["a"], [0.95, -2.05])
+    np.testing.assert_allclose(p["b"][0], 3.1)
+    # momentum: v1 = g, v2 = 0.9 g + g; weight decay adds wd * p to the gradient
+    p = {"w": np.array([1.0])}
+    opt = nn.SGD(lr=0.1, momentum=0.9, weight_decay=0.5)
+    opt.step(p, {"w": np.array([0.0])})                  # g' = 0.5, v = 0.5, w = 0.95
+    np.testing.assert_allclose(p["w"], [0.95])
+    opt.step(p, {"w": np.array([1.0])})                  # g' = 1.475, v = 0.45 + 1.475
+    np.testing.assert_allclose(p["w"], [0.95 - 0.1 * 1.925])
+    with pytest.raises(ValueError, match="structure"):
+        opt.step({"w": p["w"], "x": np.zeros(1)}, {"w": np.zeros(1), "x": np.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        nn.SGD(0.1).step({"w": np.zeros(2)}, {"w": np.zeros(3)})
+    with pytest.raises(TypeError, match="writable numpy array"):
+        nn.SGD(0.1).step({"w": 1.0}, {"w": 1.0})
+    with pytest.raises(ValueError, match="momentum"):
+        nn.SGD(0.1, momentum=1.5)
+
+
+def test_adam():
+    # the first step moves each coordinate by lr in the direction of -sign(g)
+    p = {"w": np.array([1.0, 1.0, 1.0], dtype=np.float32)}
+    opt = nn.Adam(lr=0.01)
+    opt.step(p, {"w": np.array([3.0, -0.001, 100.0], dtype=np.float32)})
+    np.testing.assert_allclose(p["w"], [0.99, 1.01, 0.99], rtol=1e-5)
+    assert p["w"].dtype == np.float32 and opt.m[0].dtype == np.float32
+    # a quadratic bowl: Adam reaches the minimum
+    target = np.array([3.0, -1.0, 0.5])
+    q = {"w": np.zeros(3)}
+    opt = nn.Adam(lr=0.05)
+    for _ in range(2000):
+        opt.step(q, {"w": 2 * (q["w"] - target)})
+    np.testing.assert_allclose(q["w"], target, atol=1e-3)
+    # decoupled weight decay (AdamW) shrinks a parameter with zero gradient
+    z = {"w": np.array([1.0])}
+    nn.Adam(lr=0.1, weight_decay=0.1, decoupled=True).step(z, {"w": np.array([0.0])})
+    np.testing.assert_allclose(z["w"], [0.99])
+
+
+# ---------------------------------------------------------------- data
+
+def test_digits_data():
+    images, labels = nn.load_digits(raw=True)
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+    assert images.max() == 16 and images.min() == 0
+    np.testing.assert_array_equal(np.bincount(labels),
+                                  [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
+    x, y = nn.load_digits()
+    assert x.shape == (1797, 64) and x.dtype == np.float32 and x.max() == 1.0
+    xi, _ = nn.load_digits(np.float64, shape="image")
+    assert xi.shape == (1797, 1, 8, 8)
+    text = nn.data.digits_citation()
+    assert "CC BY 4.0" in text and "Alpaydin" in text and "10.24432/C50P49" in text
+    with pytest.raises(ValueError, match="flat"):
+        nn.load_digits(shape="square")
+
+
+def test_split_and_batches():
+    x, y = nn.load_digits()
+    xtr, ytr, xte, yte = nn.train_test_split(x, y, 0.2, seed=0)
+    assert len(xtr) + len(xte) == 1797 and abs(len(xte) - 359) <= 5
+    # stratified: every class has about 20% in the test part
+    frac = np.bincount(yte, minlength=10) / np.bincount(y)
+    assert np.all(np.abs(frac - 0.2) < 0.01)
+    # disjoint and complete: the rows together are the data set, each once
+    rows = {r.tobytes() for r in np.concatenate([xtr, xte])}
+    assert len(rows) == len({r.tobytes() for r in x})
+    got = list(nn.batches(xtr, ytr, 100, np.random.default_rng(0)))
+    assert sum(len(b[0]) for b in got) == len(xtr) and len(got[-1][0]) == len(xtr) % 100
+    assert all(len(b[0]) == 100 for b in nn.batches(xtr, ytr, 100, drop_last=True))
+    with pytest.raises(ValueError, match="test_fraction"):
+        nn.train_test_split(x, y, 1.5)
