@@ -17,12 +17,17 @@ from .linear import Matrix, identity, matrix_of
 from ._dual import Dual, DualArray, PUBLIC_FUNCTIONS as _ELEMENTWISE
 from .nested import NestedDual
 from .forward import derivative, jacfwd, jvp
+from ._tape import Tape
+from .reverse import grad, jacrev, load_tape, record, value_and_grad, vjp
 from ._dual import (  # the element-wise functions, one per public rule of _rules.py
     add, sub, mul, div, neg, pow, xlogy, abs, sqrt, cbrt, exp, exp2, expm1, log, log2,
     log10, log1p, sin, cos, tan, asin, acos, atan, atan2, hypot, sinh, cosh, tanh,
     asinh, acosh, atanh, erf, erfc, sigmoid, softplus, relu, gelu, minimum, maximum,
     where, floor, ceil, round, sign, less, less_equal, greater, greater_equal, equal,
     not_equal)
+# keep after the engines' imports: Vector-aware jacfwd/jacrev replace theirs
+from .drivers import (chain, compose, hessian, hvp, jacfwd, jacobian, jacrev,
+                      value_and_jacobian)
 
 __version__ = "0.1.0"
 
@@ -35,7 +40,9 @@ __all__ = [
     "max", "broadcast_to", "concatenate", "getitem", "matmul", "mean", "reshape", "stack",
     "sum", "transpose",
     "SCALAR", "Named", "Product", "Range", "Vector", "basis", "distance", "Matrix",
-    "identity", "matrix_of",
+    "identity", "matrix_of", "jacobian", "jacrev", "hessian", "hvp", "chain", "compose",
+    "value_and_jacobian",
     "Dual", "DualArray", "NestedDual", "jvp", "derivative", "jacfwd",
+    "Tape", "record", "load_tape", "grad", "value_and_grad", "vjp", "jacrev",
 ]
 __all__ += sorted(_ELEMENTWISE)

@@ -1,0 +1,1772 @@
+# cython: initializedcheck=False
+"""Reverse mode: the tape.
+
+A Tape is flat parallel C arrays: one 16-byte ``Instr`` (opcode, flags, three
+argument slots) and one double ``val`` per instruction; instruction i writes
+slot i.  Scalar operations of the rule table are one instruction each; their
+partials are recomputed from the rule table during the sweep instead of being
+stored.  Array operations are one ``K_ARRAY`` instruction whose details live in
+a Python side table (``aux``), with element-wise C kernels from the rule table.
+See ARCHITECTURE.md, "The tape".
+"""
+
+cimport cython
+from cpython.exc cimport PyErr_NoMemory
+from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy
+from libc.math cimport isnan
+
+import threading
+
+import numpy as np
+
+from .dispatch import new_tag
+from .errors import BranchChangedError, NestingError, TapeError, TapeFormatError
+
+include "_rules.pxi"
+
+__all__ = ["Tape", "TapeValue", "TapeArray", "current_tape", "load_tape"]
+
+# ---------------------------------------------------------------- instructions
+# op < N_RULES: a rule of the table; the kinds below are not rules.
+cdef enum:
+    K_INPUT = 100     # a scalar input (replay writes its value)
+    K_CONST = 101     # a scalar constant (its value is in val)
+    K_ARRAY = 102     # an array instruction: a0 indexes aux
+
+# flags
+cdef enum:
+    F_CKX = 1         # binary op: x is the constant stored in (a1, a2), y is slot a0
+    F_CKY = 2         # binary op: y is the constant stored in (a1, a2), x is slot a0
+    F_CHECK = 4       # the value was seen by Python (comparison, float(), bool()): replay must match
+    F_SCALAR = 8      # K_ARRAY whose result is a scalar (kept in val)
+
+MAX_SLOTS = 2147483000
+
+cdef struct Instr:
+    int16_t op
+    uint16_t flags
+    int32_t a0
+    int32_t a1
+    int32_t a2
+
+
+cdef inline void pack_const(Instr* ins, double c) noexcept nogil:
+    # bit pattern split into integers, so the saved format is byte-order independent
+    cdef uint64_t bits
+    memcpy(&bits, &c, 8)
+    ins.a1 = <int32_t>(<uint32_t>(bits & 0xffffffffu))
+    ins.a2 = <int32_t>(<uint32_t>(bits >> 32))
+
+
+cdef inline double unpack_const(const Instr* ins) noexcept nogil:
+    cdef uint64_t bits = (<uint64_t>(<uint32_t>ins.a1)) | ((<uint64_t>(<uint32_t>ins.a2)) << 32)
+    cdef double c
+    memcpy(&c, &bits, 8)
+    return c
+
+
+cdef inline void gather(const Instr* ins, const double* v, double* a) noexcept nogil:
+    cdef int ar = RULE_ARITY[ins.op]
+    if ins.flags & F_CKX:
+        a[0] = unpack_const(ins)
+        a[1] = v[ins.a0]
+    elif ins.flags & F_CKY:
+        a[0] = v[ins.a0]
+        a[1] = unpack_const(ins)
+    else:
+        a[0] = v[ins.a0]
+        if ar > 1:
+            a[1] = v[ins.a1]
+            if ar > 2:
+                a[2] = v[ins.a2]
+
+
+cdef inline bint same_value(double a, double b) noexcept nogil:
+    return a == b or (isnan(a) and isnan(b))
+
+
+cdef Py_ssize_t forward_scalars(const Instr* ins, const double* rec, double* w,
+                                Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Recompute slots lo..hi-1 (no array instruction among them) into w.
+    Returns the first slot whose checked value differs from the recording, or -1."""
+    cdef Py_ssize_t i
+    cdef double a[3]
+    cdef double r
+    cdef int op
+    for i in range(lo, hi):
+        op = ins[i].op
+        if op < N_RULES:
+            gather(&ins[i], w, a)
+            r = rule_value(op, a)
+            w[i] = r
+        if ins[i].flags & F_CHECK:
+            if not same_value(w[i], rec[i]):
+                return i
+    return -1
+
+
+cdef void reverse_scalars(const Instr* ins, const double* v, double* adj,
+                          Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Accumulate adjoints down slots hi-1..lo (no array instruction among them)."""
+    cdef Py_ssize_t i
+    cdef double a[3]
+    cdef double p[3]
+    cdef double g
+    cdef int op, ar
+    cdef const Instr* e
+    i = hi - 1
+    while i >= lo:
+        e = &ins[i]
+        op = e.op
+        g = adj[i]
+        # a zero cotangent contributes exactly 0, even through an inf/nan partial
+        if op < N_RULES and g != 0.0:
+            gather(e, v, a)
+            rule_partials(op, a, v[i], p)
+            if e.flags & F_CKX:
+                adj[e.a0] += g * p[1]
+            elif e.flags & F_CKY:
+                adj[e.a0] += g * p[0]
+            else:
+                ar = RULE_ARITY[op]
+                adj[e.a0] += g * p[0]
+                if ar > 1:
+                    adj[e.a1] += g * p[1]
+                    if ar > 2:
+                        adj[e.a2] += g * p[2]
+        i -= 1
+
+
+# ----------------------------------------------------- element-wise array kernels
+cdef struct EwArg:
+    const char* p       # values (NULL: the constant c)
+    double c
+    bint f32
+    Py_ssize_t st       # element stride: 0 (a scalar broadcast) or 1
+    double* g           # adjoint target (float64) or NULL when not needed
+
+
+cdef inline double ld(const EwArg* e, Py_ssize_t i) noexcept nogil:
+    if e.p == NULL:
+        return e.c
+    if e.f32:
+        return (<const float*>e.p)[i * e.st]
+    return (<const double*>e.p)[i * e.st]
+
+
+cdef void ew_value(int op, int ar, const EwArg* e, char* out, bint of32,
+                   Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int k
+    cdef double a[3]
+    cdef double r
+    for i in range(n):
+        for k in range(ar):
+            a[k] = ld(&e[k], i)
+        r = rule_value(op, a)
+        if of32:
+            (<float*>out)[i] = <float>r
+        else:
+            (<double*>out)[i] = r
+
+
+cdef void ew_reverse(int op, int ar, const EwArg* e, const char* out, bint of32,
+                     const double* gout, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int k
+    cdef double a[3]
+    cdef double p[3]
+    cdef double g, r
+    for i in range(n):
+        g = gout[i]
+        if g == 0.0:
+            continue
+        for k in range(ar):
+            a[k] = ld(&e[k], i)
+        r = (<const float*>out)[i] if of32 else (<const double*>out)[i]
+        rule_partials(op, a, r, p)
+        for k in range(ar):
+            if e[k].g != NULL:
+                e[k].g[i * e[k].st] += g * p[k]
+
+
+# ------------------------------------------------------------ per-thread state
+_local = threading.local()
+
+
+def current_tape():
+    """The tape this thread is recording into (the innermost), or None."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+def _dtype_of(x):
+    dt = np.asarray(x).dtype
+    return dt
+
+
+cdef object _f32 = np.dtype(np.float32)
+cdef object _f64 = np.dtype(np.float64)
+
+
+cdef inline bint _is_number(object x):
+    return isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _float_array(object x, object name):
+    """x as a C-contiguous float32/float64 array (ints and bools promoted to float64)."""
+    a = np.asarray(x)
+    k = a.dtype.kind
+    if k in "biu":
+        a = a.astype(np.float64)
+    elif k == "f":
+        if a.dtype != _f32 and a.dtype != _f64:
+            a = a.astype(np.float64)
+    else:
+        raise TypeError(f"{name}: an array of dtype {a.dtype} cannot be differentiated "
+                        "(real float32/float64, or integers promoted to float64)")
+    return np.ascontiguousarray(a)
+
+
+# ------------------------------------------------------------------------ Tape
+@cython.final
+cdef class Tape:
+    """A recording of one evaluation: flat C arrays of instructions and values.
+
+    Made by ``adcore.record`` (or the drivers grad/vjp/jacrev); call it to
+    re-evaluate at new inputs, ``gradient``/``jacobian`` to differentiate by
+    replay, ``to_bytes``/``save`` to store it.
+    """
+    cdef Instr* ins
+    cdef double* val
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef readonly bint recording
+    cdef readonly object tag
+    cdef list aux            # per array instruction: a tuple describing it
+    cdef dict avals          # slot -> ndarray: recorded values of array slots
+    cdef list array_slots    # slots of K_ARRAY instructions, ascending
+    cdef object owner_thread
+    # filled by finish_io (record) or from_bytes: what a replay takes and gives
+    cdef public object in_tree      # TreeDef of the argument tuple
+    cdef public list in_leaves      # per input leaf: (slot, shape or None, dtype str)
+    cdef public object out_tree
+    cdef public list out_leaves     # per output leaf: ("s"|"a", slot) or ("c", float)
+
+    def __cinit__(self):
+        self.cap = 64
+        self.ins = <Instr*>malloc(self.cap * sizeof(Instr))
+        self.val = <double*>malloc(self.cap * sizeof(double))
+        if self.ins == NULL or self.val == NULL:
+            free(self.ins)
+            free(self.val)
+            self.ins = NULL
+            self.val = NULL
+            PyErr_NoMemory()
+        self.n = 0
+        self.aux = []
+        self.avals = {}
+        self.array_slots = []
+        self.recording = False
+        self.tag = None
+
+    def __dealloc__(self):
+        free(self.ins)
+        free(self.val)
+
+    # -- recording -------------------------------------------------------
+    def start(self):
+        """Begin recording in this thread (the tape becomes the thread's active tape)."""
+        if self.recording or self.n:
+            raise TapeError("this tape has already been recorded; make a new Tape")
+        self.tag = new_tag()
+        self.recording = True
+        self.owner_thread = threading.get_ident()
+        stack = getattr(_local, "stack", None)
+        if stack is None:
+            stack = _local.stack = []
+        stack.append(self)
+        return self
+
+    def finish(self):
+        """Stop recording; handles of this tape can no longer record."""
+        if not self.recording:
+            return
+        self.recording = False
+        stack = getattr(_local, "stack", None)
+        if stack and self in stack:
+            stack.remove(self)
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def nbytes(self):
+        """Bytes of the C arrays in use (16 per instruction + 8 per value)."""
+        return self.n * (sizeof(Instr) + sizeof(double))
+
+    @property
+    def capacity(self):
+        return self.cap
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = self.cap * 2
+        if cap > MAX_SLOTS:
+            cap = MAX_SLOTS
+            if self.n >= cap:
+                raise MemoryError("a tape holds at most 2**31 instructions")
+        cdef Instr* ins = <Instr*>realloc(self.ins, cap * sizeof(Instr))
+        if ins == NULL:
+            raise MemoryError()
+        self.ins = ins
+        cdef double* val = <double*>realloc(self.val, cap * sizeof(double))
+        if val == NULL:
+            raise MemoryError()
+        self.val = val
+        self.cap = cap
+        return 0
+
+    cdef inline Py_ssize_t _push(self, int op, int flags, int a0, int a1, int a2,
+                                 double r) except -1:
+        if self.n == self.cap:
+            self._grow()
+        cdef Instr* e = &self.ins[self.n]
+        e.op = op
+        e.flags = flags
+        e.a0 = a0
+        e.a1 = a1
+        e.a2 = a2
+        self.val[self.n] = r
+        self.n += 1
+        return self.n - 1
+
+    cdef inline TapeValue _scalar(self, Py_ssize_t slot, double r):
+        cdef TapeValue h = TapeValue.__new__(TapeValue)
+        h.tape = self
+        h.slot = slot
+        h.val = r
+        return h
+
+    cdef inline TapeValue rec2(self, int op, TapeValue x, TapeValue y):
+        cdef double a[2]
+        a[0] = x.val
+        a[1] = y.val
+        cdef double r = rule_value(op, a)
+        return self._scalar(self._push(op, 0, x.slot, y.slot, -1, r), r)
+
+    cdef inline TapeValue rec2c(self, int op, int flag, TapeValue h, double c):
+        # flag F_CKY: op(h, c); F_CKX: op(c, h)
+        cdef double a[2]
+        if flag == F_CKY:
+            a[0] = h.val
+            a[1] = c
+        else:
+            a[0] = c
+            a[1] = h.val
+        cdef double r = rule_value(op, a)
+        cdef Py_ssize_t s = self._push(op, flag, h.slot, 0, 0, r)
+        pack_const(&self.ins[s], c)
+        return self._scalar(s, r)
+
+    cdef inline TapeValue rec1(self, int op, TapeValue x):
+        cdef double a[1]
+        a[0] = x.val
+        cdef double r = rule_value(op, a)
+        return self._scalar(self._push(op, 0, x.slot, -1, -1, r), r)
+
+    cdef inline void mark_checked(self, Py_ssize_t slot):
+        self.ins[slot].flags |= F_CHECK
+
+    def input(self, value, name="input"):
+        """A new input: a handle for a float or a float32/float64 array."""
+        if not self.recording:
+            raise TapeError("this tape is not recording: call start() first")
+        if _is_number(value):
+            v = float(value)
+            return self._scalar(self._push(K_INPUT, 0, -1, -1, -1, v), v)
+        if isinstance(value, np.ndarray):
+            a = _float_array(value, name).copy()
+            a.flags.writeable = False
+            return self._array(("input", a.shape, a.dtype.str), a, False)
+        raise TypeError(f"{name}: cannot differentiate with respect to a {type(value).__name__}")
+
+    cdef TapeArray _array(self, tuple desc, object value, bint _unused):
+        cdef Py_ssize_t k = len(self.aux)
+        self.aux.append(desc)
+        s = self._push(K_ARRAY, 0, <int>k, -1, -1, 0.0)
+        self.avals[s] = value
+        self.array_slots.append(s)
+        cdef TapeArray h = TapeArray.__new__(TapeArray)
+        h.tape = self
+        h.slot = s
+        h.shape = value.shape
+        h.dtype = value.dtype
+        return h
+
+    cdef TapeValue _array_scalar(self, tuple desc, double value):
+        cdef Py_ssize_t k = len(self.aux)
+        self.aux.append(desc)
+        s = self._push(K_ARRAY, F_SCALAR, <int>k, -1, -1, value)
+        self.array_slots.append(s)
+        return self._scalar(s, value)
+
+    cdef Py_ssize_t _const_array(self, object value) except -1:
+        a = np.ascontiguousarray(value)
+        a.flags.writeable = False
+        return (<TapeArray>self._array(("const", a.shape, a.dtype.str), a, False)).slot
+
+    def _constant_array(self, value):
+        """The slot of a new constant array (an output that does not depend on inputs)."""
+        if not self.recording:
+            raise TapeError("this tape is not recording")
+        return self._const_array(_float_array(value, "constant"))
+
+    cdef Py_ssize_t _const_scalar(self, double c) except -1:
+        return self._push(K_CONST, 0, -1, -1, -1, c)
+
+    # -- one entry point for every rule application ------------------------
+    cdef object _check_handle(self, object a):
+        """Raise the specific error for an active value this tape cannot take."""
+        if isinstance(a, (TapeValue, TapeArray)):
+            t = (<TapeValue>a).tape if isinstance(a, TapeValue) else (<TapeArray>a).tape
+            if t is self:
+                if not self.recording:
+                    raise TapeError("a recorded value was used after its recording finished "
+                                    "(handles are only valid inside the differentiated function)")
+                return
+            if (<Tape>t).recording:
+                raise TapeError("a value recorded on another, still active tape was used here: "
+                                "differentiating a function of a reverse-mode value (reverse "
+                                "inside reverse) is not supported; use adcore.hessian or adcore.hvp")
+            raise TapeError("a value from another tape whose recording has finished was used "
+                            "(handles are only valid inside the differentiated function)")
+        raise NestingError(
+            f"a {type(a).__name__} from an outer differentiation reached a reverse-mode "
+            "recording: reverse mode inside forward or reverse mode is not supported; "
+            "use adcore.hessian or adcore.hvp for second derivatives")
+
+    def apply(self, int op, args):
+        """Record rule ``op`` applied to args (handles of this tape or constants)."""
+        if op < 0 or op >= N_RULES:
+            raise ValueError(f"unknown opcode {op}")
+        cdef int ar = RULE_ARITY[op]
+        if len(args) != ar:
+            raise TypeError(f"{RULE_NAMES[op]} takes {ar} argument(s), got {len(args)}")
+        if not self.recording:
+            raise TapeError("a recorded value was used after its recording finished "
+                            "(handles are only valid inside the differentiated function)")
+        is_array = False
+        for a in args:
+            if getattr(a, "_ad_tag", None) is not None:
+                self._check_handle(a)
+                if isinstance(a, TapeArray):
+                    is_array = True
+            elif isinstance(a, np.ndarray):
+                if a.ndim:
+                    is_array = True
+            elif not _is_number(a) and not isinstance(a, (bool, np.bool_)):
+                raise TypeError(f"{RULE_NAMES[op]}: unsupported operand of type "
+                                f"{type(a).__name__}")
+        if is_array:
+            return self._apply_array(op, args)
+        return self._apply_scalar(op, args)
+
+    cdef object _apply_scalar(self, int op, args):
+        cdef int ar = RULE_ARITY[op]
+        cdef int slots[3]
+        cdef double vals[3]
+        cdef int nconst = 0, cpos = -1, k
+        for k in range(ar):
+            a = args[k]
+            if isinstance(a, TapeValue):
+                slots[k] = (<TapeValue>a).slot
+                vals[k] = (<TapeValue>a).val
+            else:
+                slots[k] = -1
+                vals[k] = float(a)
+                nconst += 1
+                cpos = k
+        cdef double r = rule_value(op, vals)
+        if ar == 2 and nconst == 1:
+            s = self._push(op, F_CKX if cpos == 0 else F_CKY, slots[1 - cpos], 0, 0, r)
+            pack_const(&self.ins[s], vals[cpos])
+            return self._scalar(s, r)
+        for k in range(ar):
+            if slots[k] < 0:
+                slots[k] = self._const_scalar(vals[k])
+        s = self._push(op, 0, slots[0], slots[1] if ar > 1 else -1,
+                       slots[2] if ar > 2 else -1, r)
+        return self._scalar(s, r)
+
+    cdef object _apply_array(self, int op, args):
+        shapes = []
+        f64 = False
+        for a in args:
+            if isinstance(a, TapeArray):
+                shapes.append((<TapeArray>a).shape)
+                f64 = f64 or (<TapeArray>a).dtype != _f32
+            elif isinstance(a, np.ndarray) and a.ndim:
+                shapes.append(a.shape)
+                f64 = f64 or a.dtype != _f32
+        try:
+            shape = np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(f"{RULE_NAMES[op]}: operands could not be broadcast together "
+                             f"with shapes {' '.join(map(str, shapes))}") from None
+        dtype = _f64 if f64 else _f32
+        refs = []
+        for a in args:
+            if isinstance(a, TapeArray):
+                s = (<TapeArray>a).slot
+                if (<TapeArray>a).shape != shape:
+                    b = np.ascontiguousarray(np.broadcast_to(self.avals[s], shape))
+                    b.flags.writeable = False
+                    s = (<TapeArray>self._array(("bcast", s, shape, b.dtype.str), b, False)).slot
+                refs.append(("a", s))
+            elif isinstance(a, TapeValue):
+                refs.append(("s", (<TapeValue>a).slot))
+            elif isinstance(a, np.ndarray) and a.ndim:
+                c = _float_array(a, RULE_NAMES[op])
+                if c.shape != shape:
+                    c = np.broadcast_to(c, shape)
+                refs.append(("a", self._const_array(c)))
+            else:
+                refs.append(("c", float(a)))
+        refs = tuple(refs)
+        out = np.empty(shape, dtype)
+        self._ew_run(op, refs, out, self.val, self.avals)
+        out.flags.writeable = False
+        return self._array(("ew", op, refs, shape, dtype.str), out, False)
+
+    cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
+                      Py_ssize_t n) except -1:
+        cdef int k
+        for k in range(len(refs)):
+            kind, ref = refs[k]
+            e[k].g = NULL
+            e[k].f32 = False
+            e[k].st = 1
+            e[k].c = 0.0
+            e[k].p = NULL
+            if kind == "a":
+                arr = arrays[ref]
+                # the kernel reads n elements of float32/float64: make sure of it
+                if (not isinstance(arr, np.ndarray) or arr.size != n
+                        or (arr.dtype != _f32 and arr.dtype != _f64)
+                        or not arr.flags.c_contiguous):
+                    raise TapeError(f"element-wise operand {k} is not a contiguous float "
+                                    f"array of {n} elements")
+                keep.append(arr)
+                e[k].p = <const char*><size_t>arr.ctypes.data
+                e[k].f32 = arr.dtype == _f32
+            elif kind == "s":
+                e[k].c = vals[<Py_ssize_t>ref]
+                e[k].st = 0
+            else:
+                e[k].c = ref
+                e[k].st = 0
+        return 0
+
+    cdef int _ew_run(self, int op, tuple refs, object out, double* vals, dict arrays) except -1:
+        cdef EwArg e[3]
+        keep = []
+        if out.dtype != _f32 and out.dtype != _f64 or not out.flags.c_contiguous:
+            raise TapeError("element-wise result is not a contiguous float array")
+        self._ew_args(refs, e, vals, arrays, keep, out.size)
+        cdef char* po = <char*><size_t>out.ctypes.data
+        cdef bint of32 = out.dtype == _f32
+        cdef Py_ssize_t n = out.size
+        cdef int ar = RULE_ARITY[op]
+        with nogil:
+            ew_value(op, ar, e, po, of32, n)
+        return 0
+
+    def _primitive(self, prim, args, params):
+        if not self.recording:
+            raise TapeError("a recorded value was used after its recording finished "
+                            "(handles are only valid inside the differentiated function)")
+        refs = []
+        xs = []
+        for a in args:
+            if getattr(a, "_ad_tag", None) is not None:
+                self._check_handle(a)
+                if isinstance(a, TapeArray):
+                    refs.append(("a", (<TapeArray>a).slot))
+                    xs.append(self.avals[(<TapeArray>a).slot])
+                else:
+                    refs.append(("s", (<TapeValue>a).slot))
+                    xs.append((<TapeValue>a).val)
+            elif isinstance(a, np.ndarray):
+                refs.append(("a", self._const_array(a)))
+                xs.append(self.avals[refs[-1][1]])
+            elif _is_number(a) or isinstance(a, (bool, np.bool_)):
+                refs.append(("c", a.item() if isinstance(a, np.generic) else a))
+                xs.append(refs[-1][1])
+            else:
+                raise TypeError(f"primitive {prim.name}: unsupported argument of type "
+                                f"{type(a).__name__}")
+        out = prim.value(*xs, **params)
+        desc_params = tuple(sorted(params.items()))
+        if np.ndim(out) == 0:
+            return self._array_scalar(("prim", prim, desc_params, tuple(refs), None, None),
+                                      float(out))
+        out = _float_array(out, f"primitive {prim.name}")
+        out.flags.writeable = False
+        return self._array(("prim", prim, desc_params, tuple(refs), out.shape, out.dtype.str),
+                           out, False)
+
+    # -- sweeps ------------------------------------------------------------
+    cdef object _value_of(self, Py_ssize_t slot, double* vals, dict arrays):
+        if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
+            return arrays[slot]
+        return vals[slot]
+
+    cdef int _array_forward(self, Py_ssize_t s, double* w, dict wa) except -1:
+        """Recompute array instruction s during a replay."""
+        desc = self.aux[self.ins[s].a0]
+        kind = desc[0]
+        if kind == "input" or kind == "const":
+            return 0        # set by the replay / kept from the recording
+        if kind == "bcast":
+            b = np.ascontiguousarray(np.broadcast_to(wa[desc[1]], desc[2]))
+            wa[s] = b
+        elif kind == "ew":
+            out = np.empty(desc[3], np.dtype(desc[4]))
+            self._ew_run(desc[1], desc[2], out, w, wa)
+            wa[s] = out
+        else:
+            prim, params, refs = desc[1], dict(desc[2]), desc[3]
+            xs = []
+            for kind2, ref in refs:
+                if kind2 == "a":
+                    xs.append(wa[ref])
+                elif kind2 == "s":
+                    xs.append(w[<Py_ssize_t>ref])
+                else:
+                    xs.append(ref)
+            out = prim.value(*xs, **params)
+            if desc[4] is None:
+                if np.ndim(out) != 0:
+                    raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
+                                             f"shape {np.shape(out)} on replay, a scalar when recorded")
+                w[s] = float(out)
+            else:
+                out = np.asarray(out)
+                if out.shape != tuple(desc[4]):
+                    raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
+                                             f"shape {out.shape} on replay, {tuple(desc[4])} "
+                                             "when recorded")
+                wa[s] = np.ascontiguousarray(out, np.dtype(desc[5]))
+        if self.ins[s].flags & F_CHECK:
+            if self.ins[s].flags & F_SCALAR:
+                if not same_value(w[s], self.val[s]):
+                    self._branch_error(s, w[s])
+            elif not np.array_equal(wa[s], self.avals[s], equal_nan=True):
+                self._branch_error(s, "another array")
+        return 0
+
+    cdef _branch_error(self, Py_ssize_t s, object now):
+        op = self.ins[s].op
+        if op < N_RULES and RULE_COMPARE[op]:
+            raise BranchChangedError(
+                f"the comparison {RULE_NAMES[op]} (instruction {s}) was "
+                f"{bool(self.val[s])} when recorded and is {bool(now)} on this replay: "
+                "the function takes another branch here; record it again at these inputs, "
+                "or use adcore.where to record both branches")
+        what = RULE_NAMES[op] if op < N_RULES else {K_INPUT: "an input", K_CONST: "a constant",
+                                                      K_ARRAY: "an array operation"}[op]
+        rec = self.val[s] if op != K_ARRAY or (self.ins[s].flags & F_SCALAR) else "an array"
+        raise BranchChangedError(
+            f"the value of {what} (instruction {s}) was read by Python while recording "
+            f"(float(), int(), bool() or a comparison) as {rec!r} and is {now!r} on this "
+            "replay: the recorded control flow may not hold; record again at these inputs")
+
+    cdef int _forward(self, double* w, dict wa) except -1:
+        """Replay every instruction into w / wa (inputs already set)."""
+        cdef Py_ssize_t lo = 0, bad, s
+        for s in self.array_slots + [self.n]:
+            with nogil:
+                bad = forward_scalars(self.ins, self.val, w, lo, s)
+            if bad >= 0:
+                self._branch_error(bad, w[bad])
+            if s < self.n:
+                self._array_forward(s, w, wa)
+            lo = s + 1
+        return 0
+
+    cdef int _array_reverse(self, Py_ssize_t s, double* w, dict wa, double* adj,
+                            dict aadj) except -1:
+        cdef EwArg e[3]
+        cdef int k, op, ar
+        cdef Py_ssize_t n
+        cdef const char* po
+        cdef const double* pg
+        cdef bint of32
+        desc = self.aux[self.ins[s].a0]
+        kind = desc[0]
+        if kind in ("input", "const"):
+            return 0
+        if self.ins[s].flags & F_SCALAR:
+            if adj[s] == 0.0:
+                return 0
+            g = np.float64(adj[s])
+        else:
+            g = aadj.get(s)
+            if g is None:
+                return 0
+        if kind == "bcast":
+            src = desc[1]
+            target = wa[src].shape
+            red = g
+            extra = red.ndim - len(target)
+            if extra:
+                red = red.sum(axis=tuple(range(extra)))
+            axes = tuple(i for i, d in enumerate(target) if d == 1 and red.shape[i] != 1)
+            if axes:
+                red = red.sum(axis=axes, keepdims=True)
+            self._acc_array(src, red, aadj, wa)
+        elif kind == "ew":
+            op = desc[1]
+            ar = RULE_ARITY[op]
+            refs = desc[2]
+            keep = []
+            out = wa[s]
+            self._ew_args(refs, e, w, wa, keep, out.size)
+            for k in range(ar):
+                kind2, ref = refs[k]
+                if kind2 == "a" and self._needs(ref):
+                    ga = aadj.get(ref)
+                    if ga is None:
+                        ga = aadj[ref] = np.zeros(wa[ref].shape, np.float64)
+                    e[k].g = <double*><size_t>ga.ctypes.data
+                elif kind2 == "s" and self._needs(ref):
+                    e[k].g = &adj[<Py_ssize_t>ref]
+            gc = np.ascontiguousarray(g, np.float64)
+            n = out.size
+            if gc.size != n or (out.dtype != _f32 and out.dtype != _f64):
+                raise TapeError("element-wise cotangent does not fit its result")
+            po = <const char*><size_t>out.ctypes.data
+            pg = <const double*><size_t>gc.ctypes.data
+            of32 = out.dtype == _f32
+            with nogil:
+                ew_reverse(op, ar, e, po, of32, pg, n)
+        else:
+            prim, params, refs = desc[1], dict(desc[2]), desc[3]
+            xs = []
+            needs = []
+            for kind2, ref in refs:
+                if kind2 == "a":
+                    xs.append(wa[ref])
+                elif kind2 == "s":
+                    xs.append(w[<Py_ssize_t>ref])
+                else:
+                    xs.append(ref)
+                needs.append(kind2 != "c" and self._needs(ref))
+            if prim.differentiable is not None:
+                needs = [nd and i in prim.differentiable for i, nd in enumerate(needs)]
+            if not any(needs):
+                return 0
+            out = w[s] if self.ins[s].flags & F_SCALAR else wa[s]
+            cts = prim.vjp(g, xs, out, needs, **params)
+            if len(cts) != len(refs):
+                raise ValueError(f"primitive {prim.name}: vjp returned {len(cts)} cotangents "
+                                 f"for {len(refs)} inputs")
+            for k in range(len(refs)):
+                if not needs[k] or cts[k] is None:
+                    continue
+                kind2, ref = refs[k]
+                if kind2 == "s":
+                    adj[<Py_ssize_t>ref] += float(np.sum(cts[k]))
+                else:
+                    ct = np.asarray(cts[k], np.float64)
+                    if ct.shape != wa[ref].shape:
+                        raise ValueError(f"primitive {prim.name}: vjp returned a cotangent of "
+                                         f"shape {ct.shape} for an input of shape "
+                                         f"{wa[ref].shape}")
+                    self._acc_array(ref, ct, aadj, wa)
+        return 0
+
+    cdef inline bint _needs(self, Py_ssize_t slot):
+        # constants never need adjoints
+        cdef int op = self.ins[slot].op
+        if op == K_CONST:
+            return False
+        if op == K_ARRAY:
+            return self.aux[self.ins[slot].a0][0] != "const"
+        return True
+
+    cdef _acc_array(self, Py_ssize_t slot, object ct, dict aadj, dict wa):
+        if self.ins[slot].flags & F_SCALAR:
+            raise AssertionError("array cotangent for a scalar slot")
+        ga = aadj.get(slot)
+        if ga is None:
+            aadj[slot] = np.array(ct, np.float64, copy=True).reshape(wa[slot].shape)
+        else:
+            ga += ct
+
+    cdef int _reverse(self, double* w, dict wa, double* adj, dict aadj) except -1:
+        cdef Py_ssize_t hi = self.n, s
+        cdef list slots = self.array_slots
+        cdef Py_ssize_t k
+        for k in range(len(slots) - 1, -2, -1):
+            s = slots[k] if k >= 0 else -1
+            with nogil:
+                reverse_scalars(self.ins, w, adj, s + 1, hi)
+            if s >= 0:
+                self._array_reverse(s, w, wa, adj, aadj)
+            hi = s
+        return 0
+
+    def backward(self, seeds, bint replayed=False, _work=None):
+        """Adjoints of every slot for the cotangents ``seeds`` {slot: float or array}.
+
+        Returns an ``Adjoints`` object; reads the recorded values (or a replay's)."""
+        if self.recording:
+            raise TapeError("the recording has not finished")
+        cdef Adjoints out = Adjoints.__new__(Adjoints)
+        out.n = self.n
+        out.adj = <double*>calloc(self.n if self.n else 1, sizeof(double))
+        if out.adj == NULL:
+            raise MemoryError()
+        out.aadj = {}
+        cdef Replay rp
+        cdef double* w = self.val
+        wa = self.avals
+        if _work is not None:
+            rp = <Replay>_work
+            w = rp.w
+            wa = rp.wa
+        for slot, g in seeds.items():
+            self._seed(out, slot, g, wa)
+        self._reverse(w, wa, out.adj, out.aadj)
+        return out
+
+    cdef _seed(self, Adjoints out, Py_ssize_t slot, object g, dict wa):
+        if slot < 0 or slot >= self.n:
+            raise IndexError("seed slot out of range")
+        if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
+            shape = wa[slot].shape
+            ga = np.asarray(g, np.float64)
+            if ga.shape != shape:
+                raise ValueError(f"cotangent of shape {ga.shape} for an output of shape {shape}")
+            self._acc_array(slot, ga, out.aadj, wa)
+        else:
+            if np.ndim(g) != 0:
+                raise ValueError(f"cotangent of shape {np.shape(g)} for a scalar output")
+            out.adj[slot] += float(g)
+
+    def replay(self, values):
+        """Re-evaluate at new input leaf values (a list, one per recorded input)."""
+        if self.recording:
+            raise TapeError("the recording has not finished")
+        if len(values) != len(self.in_leaves):
+            raise TypeError(f"the tape takes {len(self.in_leaves)} input leaves, "
+                            f"got {len(values)}")
+        cdef Replay rp = Replay.__new__(Replay)
+        rp.n = self.n
+        rp.w = <double*>malloc((self.n if self.n else 1) * sizeof(double))
+        if rp.w == NULL:
+            raise MemoryError()
+        memcpy(rp.w, self.val, self.n * sizeof(double))
+        rp.wa = dict(self.avals)
+        for (slot, shape, dt), v in zip(self.in_leaves, values):
+            if shape is None:
+                rp.w[<Py_ssize_t>slot] = v
+            else:
+                rp.wa[slot] = v
+        self._forward(rp.w, rp.wa)
+        return rp
+
+    def value_at(self, Py_ssize_t slot, Replay rp=None):
+        """The value of a slot: recorded, or of a replay."""
+        if slot < 0 or slot >= self.n:
+            raise IndexError("slot out of range")
+        if rp is None:
+            return self._value_of(slot, self.val, self.avals)
+        return self._value_of(slot, rp.w, rp.wa)
+
+    def is_array_slot(self, Py_ssize_t slot):
+        if slot < 0 or slot >= self.n:
+            raise IndexError("slot out of range")
+        return self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR)
+
+    def shape_of(self, Py_ssize_t slot):
+        if self.is_array_slot(slot):
+            return self.avals[slot].shape
+        return ()
+
+    # -- the Python face of a recorded tape ----------------------------------
+    def __call__(self, *args):
+        """The function's value at new arguments (replaying the recording)."""
+        from .reverse import _tape_call
+        return _tape_call(self, args)
+
+    def gradient(self, *args):
+        """The gradient of the (scalar) output at new arguments, by replay."""
+        from .reverse import _tape_gradient
+        return _tape_gradient(self, args)
+
+    def jacobian(self, *args):
+        """The Jacobian of the outputs at new arguments, by replay."""
+        from .reverse import _tape_jacobian
+        return _tape_jacobian(self, args)
+
+    def to_bytes(self):
+        """The tape in adcore's binary format (see ARCHITECTURE.md, "The tape")."""
+        return _dump(self)
+
+    @staticmethod
+    def from_bytes(data):
+        """A tape from ``to_bytes`` output; damaged input raises TapeFormatError."""
+        return _load(data)
+
+    def save(self, path):
+        data = self.to_bytes()
+        with open(path, "wb") as fh:
+            fh.write(data)
+
+    # raw access for the saved format (numpy copies; validated on the way in)
+    def _export(self):
+        dt = np.dtype([("op", "<i2"), ("flags", "<u2"), ("a0", "<i4"), ("a1", "<i4"),
+                       ("a2", "<i4")])
+        ins = np.empty(self.n, dt)
+        val = np.empty(self.n, "<f8")
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            ins[i] = (self.ins[i].op, self.ins[i].flags, self.ins[i].a0, self.ins[i].a1,
+                      self.ins[i].a2)
+            val[i] = self.val[i]
+        return ins, val, list(self.aux), dict(self.avals)
+
+    def _import(self, ops, flags, a0, a1, a2, val, aux, avals):
+        """Fill an empty tape from arrays that the loader has validated."""
+        cdef Py_ssize_t n = len(ops), i
+        if self.n or self.recording:
+            raise TapeError("_import needs a fresh tape")
+        while self.cap < n:
+            self._grow()
+        cdef int16_t[:] o = np.ascontiguousarray(ops, np.int16)
+        cdef uint16_t[:] f = np.ascontiguousarray(flags, np.uint16)
+        cdef int32_t[:] x0 = np.ascontiguousarray(a0, np.int32)
+        cdef int32_t[:] x1 = np.ascontiguousarray(a1, np.int32)
+        cdef int32_t[:] x2 = np.ascontiguousarray(a2, np.int32)
+        cdef double[:] v = np.ascontiguousarray(val, np.float64)
+        if not (o.shape[0] == f.shape[0] == x0.shape[0] == x1.shape[0] == x2.shape[0]
+                == v.shape[0] == n):
+            raise TapeFormatError("instruction arrays of different lengths")
+        for i in range(n):
+            self.ins[i].op = o[i]
+            self.ins[i].flags = f[i]
+            self.ins[i].a0 = x0[i]
+            self.ins[i].a1 = x1[i]
+            self.ins[i].a2 = x2[i]
+            self.val[i] = v[i]
+        self.n = n
+        self.aux = list(aux)
+        self.avals = dict(avals)
+        self.array_slots = [i for i in range(n) if o[i] == K_ARRAY]
+        self.tag = new_tag()
+
+    def __repr__(self):
+        state = "recording" if self.recording else "finished"
+        return f"<adcore Tape: {self.n} instructions, {len(self.array_slots)} array, {state}>"
+
+
+@cython.final
+cdef class Replay:
+    """The values of one replay (private: used by gradient/jacobian)."""
+    cdef double* w
+    cdef Py_ssize_t n
+    cdef dict wa
+
+    def __dealloc__(self):
+        free(self.w)
+
+
+@cython.final
+cdef class Adjoints:
+    """The adjoints of one reverse sweep."""
+    cdef double* adj
+    cdef Py_ssize_t n
+    cdef dict aadj
+
+    def __dealloc__(self):
+        free(self.adj)
+
+    def __getitem__(self, Py_ssize_t slot):
+        if slot < 0 or slot >= self.n:
+            raise IndexError("slot out of range")
+        return self.adj[slot]
+
+    def array(self, Py_ssize_t slot, shape):
+        g = self.aadj.get(slot)
+        if g is None:
+            return np.zeros(shape, np.float64)
+        return g
+
+
+# ------------------------------------------------------------------- handles
+def _bad_tape(TapeValue h):
+    return h.tape.apply(0, (h, 0.0))   # raises the specific TapeError
+
+
+cdef inline bint _live(Tape t):
+    return t.recording
+
+
+cdef object _apply = None
+
+
+cdef object _dispatch(int op, tuple args):
+    global _apply
+    if _apply is None:
+        from .dispatch import apply
+        _apply = apply
+    return _apply(op, args)
+
+
+cdef inline object _binop(int op, object a, object b):
+    """a op b where a or b is a TapeValue: the fast paths, else dispatch."""
+    cdef TapeValue x, y
+    cdef Tape t
+    if type(a) is TapeValue:
+        x = <TapeValue>a
+        t = x.tape
+        if t.recording:
+            if type(b) is TapeValue and (<TapeValue>b).tape is t:
+                return t.rec2(op, x, <TapeValue>b)
+            if type(b) is float:
+                return t.rec2c(op, F_CKY, x, <double>b)
+            if type(b) is int:
+                return t.rec2c(op, F_CKY, x, <double>float(b))
+    elif type(b) is TapeValue:
+        y = <TapeValue>b
+        t = y.tape
+        if t.recording:
+            if type(a) is float:
+                return t.rec2c(op, F_CKX, y, <double>a)
+            if type(a) is int:
+                return t.rec2c(op, F_CKX, y, <double>float(a))
+    return _dispatch(op, (a, b))
+
+
+cdef inline object _unop(int op, TapeValue x):
+    if x.tape.recording:
+        return x.tape.rec1(op, x)
+    return _dispatch(op, (x,))
+
+
+cdef object _compare(int op, TapeValue x, object y):
+    """A comparison seen by Python: record it, mark the outcome checked, give a bool."""
+    r = _binop(op, x, y)
+    if isinstance(r, TapeValue):
+        (<TapeValue>r).tape.mark_checked((<TapeValue>r).slot)
+        return (<TapeValue>r).val != 0.0
+    return bool(r)
+
+
+@cython.final
+@cython.freelist(256)
+cdef class TapeValue:
+    """A scalar recorded on a tape (a handle: slot index + value; keeps its tape alive)."""
+    cdef readonly Tape tape
+    cdef readonly Py_ssize_t slot
+    cdef double val
+
+    _ad_rank = 0
+    __array_ufunc__ = None     # numpy defers to our reflected operators
+
+    @property
+    def _ad_tag(self):
+        return self.tape.tag
+
+    @property
+    def value(self):
+        return self.val
+
+    @classmethod
+    def _ad_apply(cls, op, args):
+        return _owner_tape(args).apply(op, args)
+
+    @classmethod
+    def _ad_primitive(cls, prim, args, params):
+        return _owner_tape(args)._primitive(prim, args, params)
+
+    def __repr__(self):
+        return f"TapeValue({self.val!r}, slot={self.slot})"
+
+    def __hash__(self):
+        return id(self)
+
+    # values read by Python are recorded, and checked on replay
+    cdef inline void _read(self):
+        if self.tape.recording:
+            self.tape.mark_checked(self.slot)
+
+    def __float__(self):
+        self._read()
+        return self.val
+
+    def __int__(self):
+        self._read()
+        return int(self.val)
+
+    def __bool__(self):
+        self._read()
+        return self.val != 0.0
+
+    def __add__(self, other): return _binop(OP_ADD, self, other)
+    def __radd__(self, other): return _binop(OP_ADD, other, self)
+    def __sub__(self, other): return _binop(OP_SUB, self, other)
+    def __rsub__(self, other): return _binop(OP_SUB, other, self)
+    def __mul__(self, other): return _binop(OP_MUL, self, other)
+    def __rmul__(self, other): return _binop(OP_MUL, other, self)
+    def __truediv__(self, other): return _binop(OP_DIV, self, other)
+    def __rtruediv__(self, other): return _binop(OP_DIV, other, self)
+
+    def __pow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _binop(OP_POW, self, other)
+
+    def __rpow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _binop(OP_POW, other, self)
+
+    def __neg__(self): return _unop(OP_NEG, self)
+    def __pos__(self): return self
+    def __abs__(self): return _unop(OP_ABS, self)
+
+    def __lt__(self, other): return _compare(OP_LESS, self, other)
+    def __le__(self, other): return _compare(OP_LESS_EQUAL, self, other)
+    def __gt__(self, other): return _compare(OP_GREATER, self, other)
+    def __ge__(self, other): return _compare(OP_GREATER_EQUAL, self, other)
+    def __eq__(self, other):
+        if not _is_operand(other):
+            return NotImplemented
+        return _compare(OP_EQUAL, self, other)
+    def __ne__(self, other):
+        if not _is_operand(other):
+            return NotImplemented
+        return _compare(OP_NOT_EQUAL, self, other)
+
+
+cdef bint _is_operand(object o):
+    return (getattr(o, "_ad_tag", None) is not None or _is_number(o)
+            or isinstance(o, (np.ndarray, bool, np.bool_)))
+
+
+cdef Tape _owner_tape(args):
+    best = None
+    for a in args:
+        if isinstance(a, TapeValue) or isinstance(a, TapeArray):
+            t = (<TapeValue>a).tape if isinstance(a, TapeValue) else (<TapeArray>a).tape
+            if best is None or (<Tape>t).tag > (<Tape>best).tag:
+                best = t
+    if best is None:
+        raise TypeError("no tape handle among the arguments")
+    return <Tape>best
+
+
+def _array_ops():
+    from . import array_ops
+    return array_ops
+
+
+@cython.final
+cdef class TapeArray:
+    """An array recorded on a tape: one slot of a K_ARRAY instruction."""
+    cdef readonly Tape tape
+    cdef readonly Py_ssize_t slot
+    cdef readonly tuple shape
+    cdef readonly object dtype
+
+    _ad_rank = 1
+    __array_ufunc__ = None
+
+    @property
+    def _ad_tag(self):
+        return self.tape.tag
+
+    @property
+    def value(self):
+        """The recorded value (read-only array)."""
+        return self.tape.avals[self.slot]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    @classmethod
+    def _ad_apply(cls, op, args):
+        return _owner_tape(args).apply(op, args)
+
+    @classmethod
+    def _ad_primitive(cls, prim, args, params):
+        return _owner_tape(args)._primitive(prim, args, params)
+
+    def __repr__(self):
+        return f"TapeArray(shape={self.shape}, dtype={self.dtype}, slot={self.slot})"
+
+    def __hash__(self):
+        return id(self)
+
+    def __array__(self, dtype=None, copy=None):
+        if self.tape.recording:
+            raise TypeError("a recorded array cannot become a numpy array while recording "
+                            "(its derivative would be lost): use adcore functions and "
+                            "operators on it, or .value for its (constant) value")
+        return np.asarray(self.value, dtype=dtype)
+
+    cdef _read_all(self):
+        if self.tape.recording:
+            self.tape.mark_checked(self.slot)
+
+    def __bool__(self):
+        v = self.value
+        if v.size != 1:
+            raise ValueError("the truth value of an array with more than one element is "
+                             "ambiguous; use adcore.where to record both branches")
+        self._read_all()
+        return bool(v.reshape(()))
+
+    def __float__(self):
+        v = self.value
+        if v.size != 1:
+            raise TypeError("only arrays of one element can be converted to float")
+        self._read_all()
+        return float(v.reshape(()))
+
+    def __add__(self, other): return _dispatch(OP_ADD, (self, other))
+    def __radd__(self, other): return _dispatch(OP_ADD, (other, self))
+    def __sub__(self, other): return _dispatch(OP_SUB, (self, other))
+    def __rsub__(self, other): return _dispatch(OP_SUB, (other, self))
+    def __mul__(self, other): return _dispatch(OP_MUL, (self, other))
+    def __rmul__(self, other): return _dispatch(OP_MUL, (other, self))
+    def __truediv__(self, other): return _dispatch(OP_DIV, (self, other))
+    def __rtruediv__(self, other): return _dispatch(OP_DIV, (other, self))
+
+    def __pow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _dispatch(OP_POW, (self, other))
+
+    def __rpow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _dispatch(OP_POW, (other, self))
+
+    def __neg__(self): return _dispatch(OP_NEG, (self,))
+    def __pos__(self): return self
+    def __abs__(self): return _dispatch(OP_ABS, (self,))
+
+    # element-wise comparisons give recorded 0/1 arrays (usable with adcore.where)
+    def __lt__(self, other): return _dispatch(OP_LESS, (self, other))
+    def __le__(self, other): return _dispatch(OP_LESS_EQUAL, (self, other))
+    def __gt__(self, other): return _dispatch(OP_GREATER, (self, other))
+    def __ge__(self, other): return _dispatch(OP_GREATER_EQUAL, (self, other))
+
+    def __eq__(self, other):
+        if not _is_operand(other):
+            return NotImplemented
+        return _dispatch(OP_EQUAL, (self, other))
+
+    def __ne__(self, other):
+        if not _is_operand(other):
+            return NotImplemented
+        return _dispatch(OP_NOT_EQUAL, (self, other))
+
+    # array operations are primitives (adcore/array_ops.py)
+    def __getitem__(self, index):
+        return _array_ops().getitem(self, index)
+
+    def sum(self, axis=None, keepdims=False):
+        return _array_ops().sum(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _array_ops().reshape(self, shape)
+
+    @property
+    def T(self):
+        return _array_ops().transpose(self)
+
+    def __matmul__(self, other):
+        return _array_ops().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _array_ops().matmul(other, self)
+
+
+# ------------------------------------------------------------ the saved format
+# Little-endian throughout.  See ARCHITECTURE.md, "The tape", for the layout.
+import json as _json
+import struct as _struct
+import zlib as _zlib
+
+_MAGIC = b"ADCTAPE\n"
+_VERSION = 1
+_HEADER = _struct.Struct("<8sIIQQQII")      # 48 bytes
+_INSTR = np.dtype([("op", "<i2"), ("flags", "<u2"), ("a0", "<i4"), ("a1", "<i4"),
+                   ("a2", "<i4")])          # 16 bytes
+_KINDS = {K_INPUT, K_CONST, K_ARRAY}
+_ALL_FLAGS = F_CKX | F_CKY | F_CHECK | F_SCALAR
+_MAX_DEPTH = 64
+
+
+def _rules_fingerprint():
+    text = ";".join(f"{name}/{RULE_ARITY[i]}" for i, name in enumerate(RULE_NAMES))
+    return _zlib.crc32(text.encode())
+
+
+def _enc(v, depth=0):
+    """A value as JSON without pickle: tagged lists."""
+    if depth > _MAX_DEPTH:
+        raise TypeError("value nested too deeply to save")
+    if v is None:
+        return ["n"]
+    if isinstance(v, (bool, np.bool_)):
+        return ["b", bool(v)]
+    if isinstance(v, (int, np.integer)):
+        return ["i", int(v)]
+    if isinstance(v, (float, np.floating)):
+        return ["f", float(v).hex()]
+    if isinstance(v, str):
+        return ["s", v]
+    if v is Ellipsis:
+        return ["e"]
+    if isinstance(v, slice):
+        return ["sl", _enc(v.start, depth + 1), _enc(v.stop, depth + 1), _enc(v.step, depth + 1)]
+    if isinstance(v, tuple) and not hasattr(type(v), "_fields"):
+        return ["t", [_enc(x, depth + 1) for x in v]]
+    if isinstance(v, list):
+        return ["l", [_enc(x, depth + 1) for x in v]]
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biu":
+        return ["a", v.dtype.str, list(v.shape), v.ravel().tolist()]
+    raise TypeError(f"cannot save a value of type {type(v).__name__} in a tape "
+                    "(allowed: None, bool, int, float, str, slice, Ellipsis, tuples, lists, "
+                    "integer arrays)")
+
+
+def _bad(msg):
+    return TapeFormatError(f"invalid saved tape: {msg}")
+
+
+def _dec(v, depth=0):
+    if depth > _MAX_DEPTH:
+        raise _bad("value nested too deeply")
+    if not isinstance(v, list) or not v or not isinstance(v[0], str):
+        raise _bad("malformed value")
+    t = v[0]
+    if t == "n" and len(v) == 1:
+        return None
+    if t == "e" and len(v) == 1:
+        return Ellipsis
+    if t == "b" and len(v) == 2 and isinstance(v[1], bool):
+        return v[1]
+    if t == "i" and len(v) == 2 and isinstance(v[1], int) and not isinstance(v[1], bool):
+        return v[1]
+    if t == "f" and len(v) == 2 and isinstance(v[1], str):
+        try:
+            return float.fromhex(v[1])
+        except (ValueError, OverflowError):
+            raise _bad("malformed float") from None
+    if t == "s" and len(v) == 2 and isinstance(v[1], str):
+        return v[1]
+    if t == "sl" and len(v) == 4:
+        parts = [_dec(x, depth + 1) for x in v[1:]]
+        if not all(p is None or isinstance(p, int) for p in parts):
+            raise _bad("malformed slice")
+        return slice(*parts)
+    if t in ("t", "l") and len(v) == 2 and isinstance(v[1], list):
+        items = [_dec(x, depth + 1) for x in v[1]]
+        return tuple(items) if t == "t" else items
+    if t == "a" and len(v) == 4 and isinstance(v[1], str) and isinstance(v[2], list) \
+            and isinstance(v[3], list):
+        dt = _dtype_from(v[1], "biu")
+        shape = _shape_from(v[2])
+        if _prod(shape) != len(v[3]) or not all(
+                isinstance(x, int) for x in v[3]):
+            raise _bad("malformed integer array")
+        try:
+            return np.array(v[3], dtype=dt).reshape(shape)
+        except (OverflowError, ValueError):
+            raise _bad("integer array out of range") from None
+    raise _bad(f"unknown value tag {t!r}")
+
+
+def _prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _dtype_from(s, kinds):
+    if not isinstance(s, str) or len(s) > 8:
+        raise _bad("malformed dtype")
+    try:
+        dt = np.dtype(s)
+    except TypeError:
+        raise _bad(f"unknown dtype {s!r}") from None
+    if dt.kind not in kinds or dt.itemsize > 8 or dt.str != s or dt.fields is not None \
+            or dt.subdtype is not None:
+        raise _bad(f"dtype {s!r} not allowed here")
+    return dt
+
+
+def _shape_from(v):
+    if not isinstance(v, list) or len(v) > 32 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 40 for d in v):
+        raise _bad("malformed shape")
+    return tuple(v)
+
+
+def _enc_tree(td):
+    if td.kind == "leaf":
+        return ["leaf"]
+    if td.kind == "none":
+        return ["none"]
+    if td.kind == "dict":
+        return ["dict", [_enc(k) for k in td.meta], [_enc_tree(c) for c in td.children]]
+    if td.kind in ("list", "tuple"):
+        return [td.kind, [_enc_tree(c) for c in td.children]]
+    raise TypeError(f"cannot save a tape whose inputs or outputs contain a {td.kind} "
+                    "(saved tapes take dicts, lists and tuples)")
+
+
+def _dec_tree(v, depth=0):
+    from .trees import TreeDef
+    if depth > _MAX_DEPTH:
+        raise _bad("structure nested too deeply")
+    if not isinstance(v, list) or not v:
+        raise _bad("malformed structure")
+    if v == ["leaf"]:
+        return TreeDef("leaf")
+    if v == ["none"]:
+        return TreeDef("none")
+    if v[0] == "dict" and len(v) == 3 and isinstance(v[1], list) and isinstance(v[2], list) \
+            and len(v[1]) == len(v[2]):
+        keys = tuple(_dec(k) for k in v[1])
+        try:
+            if len(set(keys)) != len(keys):
+                raise _bad("duplicate dict keys")
+        except TypeError:
+            raise _bad("unhashable dict key") from None
+        return TreeDef("dict", keys, tuple(_dec_tree(c, depth + 1) for c in v[2]))
+    if v[0] in ("list", "tuple") and len(v) == 2 and isinstance(v[1], list):
+        return TreeDef(v[0], None, tuple(_dec_tree(c, depth + 1) for c in v[1]))
+    raise _bad("malformed structure")
+
+
+def _dump(Tape t):
+    if t.recording:
+        raise TapeError("a tape can be saved once its recording has finished")
+    if t.in_tree is None:
+        raise TapeError("only tapes made by adcore.record can be saved")
+    ins, val, aux, avals = t._export()
+    blobs = []
+    offset = 0
+    arrays = []
+    for slot in sorted(avals):
+        a = np.ascontiguousarray(avals[slot])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        arrays.append([int(slot), a.dtype.str, list(a.shape), offset])
+        blobs.append(a.tobytes())
+        offset += a.nbytes
+    eaux = []
+    for d in aux:
+        kind = d[0]
+        if kind in ("input", "const"):
+            eaux.append([kind, list(d[1]), d[2]])
+        elif kind == "bcast":
+            eaux.append([kind, int(d[1]), list(d[2]), d[3]])
+        elif kind == "ew":
+            eaux.append([kind, int(d[1]), [[k, int(r)] if k != "c" else [k, _enc(r)]
+                                           for k, r in d[2]], list(d[3]), d[4]])
+        else:
+            prim = d[1]
+            from .primitives import REGISTRY
+            if REGISTRY.get(prim.name) is not prim:
+                raise TypeError(f"primitive {prim.name!r} is not registered "
+                                "(Primitive.register()), so a saved tape cannot name it")
+            eaux.append([kind, prim.name, [[k, _enc(v)] for k, v in d[2]],
+                         [[k, int(r)] if k != "c" else [k, _enc(r)] for k, r in d[3]],
+                         None if d[4] is None else list(d[4]), d[5]])
+    meta = {
+        "aux": eaux,
+        "arrays": arrays,
+        "in_tree": _enc_tree(t.in_tree),
+        "in_leaves": [[int(s), None if sh is None else list(sh), dt]
+                      for s, sh, dt in t.in_leaves],
+        "out_tree": _enc_tree(t.out_tree),
+        "out_leaves": [[k, int(r)] if k != "c" else [k, _enc(r)] for k, r in t.out_leaves],
+    }
+    mbytes = _json.dumps(meta, separators=(",", ":")).encode()
+    blob = b"".join(blobs)
+    body = ins.tobytes() + val.astype("<f8").tobytes() + mbytes + blob
+    header = _HEADER.pack(_MAGIC, _VERSION, _rules_fingerprint(), len(ins), len(mbytes),
+                          len(blob), _zlib.crc32(body), 0)
+    return header + body
+
+
+def load_tape(path):
+    """A tape saved with ``Tape.save``; damaged files raise TapeFormatError."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return _load(data)
+
+
+def _load(data):
+    try:
+        data = bytes(memoryview(data))
+    except TypeError:
+        raise TypeError("Tape.from_bytes takes bytes") from None
+    H = _HEADER.size
+    if len(data) < H:
+        raise _bad(f"truncated: {len(data)} bytes, the header alone is {H}")
+    magic, version, fp, n, mlen, blen, crc, reserved = _HEADER.unpack_from(data, 0)
+    if magic != _MAGIC:
+        raise _bad("not an adcore tape (wrong magic number)")
+    if version != _VERSION:
+        raise _bad(f"format version {version}, this adcore reads version {_VERSION}")
+    if fp != _rules_fingerprint():
+        raise _bad("saved with a different rule table (another adcore version)")
+    if reserved != 0:
+        raise _bad("reserved header field is not zero")
+    expected = H + 24 * n + mlen + blen
+    if expected != len(data):
+        raise _bad(f"size mismatch: the header announces {expected} bytes, got {len(data)}"
+                   + (" (truncated)" if expected > len(data) else ""))
+    if n >= MAX_SLOTS:
+        raise _bad("too many instructions")
+    body = data[H:]
+    if _zlib.crc32(body) != crc:
+        raise _bad("checksum mismatch (corrupted data)")
+    ins = np.frombuffer(body, _INSTR, n, 0)
+    val = np.frombuffer(body, "<f8", n, 16 * n).astype(np.float64)
+    try:
+        meta = _json.loads(body[24 * n: 24 * n + mlen].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _bad("metadata is not valid JSON") from None
+    blob = body[24 * n + mlen:]
+    try:
+        return _build(ins, val, meta, blob)
+    except TapeFormatError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError,
+            OverflowError) as exc:
+        raise _bad(f"inconsistent metadata ({type(exc).__name__}: {exc})") from None
+
+
+def _build(ins, val, meta, blob):
+    from .primitives import REGISTRY
+    if not isinstance(meta, dict) or set(meta) != {"aux", "arrays", "in_tree", "in_leaves",
+                                                   "out_tree", "out_leaves"}:
+        raise _bad("metadata keys")
+    n = len(ins)
+    ops = ins["op"].astype(np.int64)
+    flags = ins["flags"].astype(np.int64)
+    a0 = ins["a0"].astype(np.int64)
+    a1 = ins["a1"].astype(np.int64)
+    a2 = ins["a2"].astype(np.int64)
+    idx = np.arange(n)
+    is_rule = (ops >= 0) & (ops < N_RULES)
+    known = is_rule | (ops == K_INPUT) | (ops == K_CONST) | (ops == K_ARRAY)
+    if not known.all():
+        i = int(np.argmin(known))
+        raise _bad(f"unknown opcode {int(ops[i])} at instruction {i}")
+    if (flags & ~_ALL_FLAGS).any():
+        raise _bad("unknown flag bits")
+    ck = (flags & (F_CKX | F_CKY)) != 0
+    if ((flags & F_CKX) & ((flags & F_CKY) >> 1)).any():
+        raise _bad("both constant flags set")
+    arity = np.zeros(n, np.int64)
+    arity_of = np.array([RULE_ARITY[i] for i in range(N_RULES)], np.int64)
+    arity[is_rule] = arity_of[ops[is_rule]]
+    if (ck & ~(is_rule & (arity == 2))).any():
+        raise _bad("constant operand on an instruction that is not a binary rule")
+    if ((flags & F_SCALAR) != 0)[ops != K_ARRAY].any():
+        raise _bad("scalar-result flag on a non-array instruction")
+    # scalar slots: everything but array instructions without F_SCALAR
+    is_arr = (ops == K_ARRAY) & ((flags & F_SCALAR) == 0)
+    is_scal = ~is_arr
+
+    def check_args(sel, a, what):
+        bad = sel & ((a < 0) | (a >= idx))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _bad(f"instruction {i}: {what} {int(a[i])} is out of range")
+        s = sel.copy()
+        safe = np.where(s, a, 0)
+        bad = s & ~is_scal[safe]
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _bad(f"instruction {i}: {what} refers to an array")
+    check_args(is_rule, a0, "argument")
+    check_args(is_rule & ~ck & (arity > 1), a1, "argument")
+    check_args(is_rule & ~ck & (arity > 2), a2, "argument")
+    arr_pos = np.nonzero(ops == K_ARRAY)[0]
+    if not np.array_equal(a0[arr_pos], np.arange(len(arr_pos))):
+        raise _bad("array instructions do not index the side table in order")
+    aux_in = meta["aux"]
+    if not isinstance(aux_in, list) or len(aux_in) != len(arr_pos):
+        raise _bad("side table size does not match the array instructions")
+    # recorded arrays
+    arrays = meta["arrays"]
+    if not isinstance(arrays, list):
+        raise _bad("arrays")
+    avals = {}
+    for ent in arrays:
+        if not isinstance(ent, list) or len(ent) != 4:
+            raise _bad("array entry")
+        slot, dts, shp, off = ent
+        if not isinstance(slot, int) or not 0 <= slot < n or not is_arr[slot] or slot in avals:
+            raise _bad(f"array entry for slot {slot!r}")
+        dt = _dtype_from(dts, "biuf")
+        shape = _shape_from(shp)
+        nbytes = _prod(shape) * dt.itemsize
+        if not isinstance(off, int) or off < 0 or off + nbytes > len(blob):
+            raise _bad(f"array of slot {slot} lies outside the data")
+        a = np.frombuffer(blob, dt, _prod(shape), off).reshape(shape)
+        a = np.ascontiguousarray(a.astype(dt.newbyteorder("="), copy=True))
+        a.flags.writeable = False
+        avals[slot] = a
+    if set(avals) != set(int(s) for s in np.nonzero(is_arr)[0]):
+        raise _bad("an array instruction has no recorded value")
+
+    def ref(r, pos, allow_const, what):
+        if not isinstance(r, list) or len(r) != 2 or r[0] not in ("a", "s", "c"):
+            raise _bad(f"{what}: malformed operand")
+        k, v = r
+        if k == "c":
+            if not allow_const:
+                raise _bad(f"{what}: constant operand")
+            c = _dec(v)
+            if isinstance(c, bool) or not isinstance(c, (int, float)):
+                raise _bad(f"{what}: constant operand is not a number")
+            return (k, c)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < pos:
+            raise _bad(f"{what}: operand slot {v!r} out of range")
+        if (k == "a") != bool(is_arr[v]):
+            raise _bad(f"{what}: operand slot {v} has the wrong kind")
+        return (k, v)
+
+    aux = []
+    for j, d in enumerate(aux_in):
+        pos = int(arr_pos[j])
+        what = f"array instruction {pos}"
+        if not isinstance(d, list) or not d:
+            raise _bad(what)
+        kind = d[0]
+        scalar_flag = bool(flags[pos] & F_SCALAR)
+        if kind in ("input", "const") and len(d) == 3:
+            shape = _shape_from(d[1])
+            dt = _dtype_from(d[2], "f" if kind == "input" else "biuf")
+            if scalar_flag or avals[pos].shape != shape or avals[pos].dtype != dt:
+                raise _bad(f"{what}: recorded value does not match")
+            aux.append((kind, shape, dt.str))
+        elif kind == "bcast" and len(d) == 4:
+            src = ref(["a", d[1]], pos, False, what)[1]
+            shape = _shape_from(d[2])
+            dt = _dtype_from(d[3], "f")
+            try:
+                ok = np.broadcast_shapes(avals[src].shape, shape) == shape
+            except ValueError:
+                ok = False
+            if scalar_flag or not ok or avals[pos].shape != shape or avals[pos].dtype != dt \
+                    or avals[src].dtype != dt:
+                raise _bad(f"{what}: broadcast shapes do not fit")
+            aux.append((kind, src, shape, dt.str))
+        elif kind == "ew" and len(d) == 5:
+            op = d[1]
+            if not isinstance(op, int) or isinstance(op, bool) or not 0 <= op < N_RULES:
+                raise _bad(f"{what}: unknown opcode {op!r}")
+            if not isinstance(d[2], list) or len(d[2]) != RULE_ARITY[op]:
+                raise _bad(f"{what}: wrong number of operands")
+            refs = tuple(ref(r, pos, True, what) for r in d[2])
+            shape = _shape_from(d[3])
+            dt = _dtype_from(d[4], "f")
+            if scalar_flag or avals[pos].shape != shape or avals[pos].dtype != dt:
+                raise _bad(f"{what}: recorded value does not match")
+            for k, r in refs:
+                if k == "a" and (avals[r].shape != shape or avals[r].dtype.kind != "f"):
+                    raise _bad(f"{what}: operand shape does not match")
+            aux.append((kind, op, refs, shape, dt.str))
+        elif kind == "prim" and len(d) == 6:
+            name = d[1]
+            if not isinstance(name, str) or name not in REGISTRY:
+                raise _bad(f"{what}: unknown primitive {name!r}")
+            if not isinstance(d[2], list):
+                raise _bad(f"{what}: params")
+            params = []
+            for p in d[2]:
+                if not isinstance(p, list) or len(p) != 2 or not isinstance(p[0], str):
+                    raise _bad(f"{what}: params")
+                params.append((p[0], _dec(p[1])))
+            if not isinstance(d[3], list):
+                raise _bad(f"{what}: operands")
+            refs = tuple(ref(r, pos, True, what) for r in d[3])
+            if d[4] is None:
+                if not scalar_flag or d[5] is not None:
+                    raise _bad(f"{what}: scalar result flag")
+                aux.append((kind, REGISTRY[name], tuple(params), refs, None, None))
+            else:
+                shape = _shape_from(d[4])
+                dt = _dtype_from(d[5], "f")
+                if scalar_flag or avals[pos].shape != shape or avals[pos].dtype != dt:
+                    raise _bad(f"{what}: recorded value does not match")
+                aux.append((kind, REGISTRY[name], tuple(params), refs, shape, dt.str))
+        else:
+            raise _bad(f"{what}: unknown kind {kind!r}")
+    in_tree = _dec_tree(meta["in_tree"])
+    out_tree = _dec_tree(meta["out_tree"])
+    in_leaves = []
+    seen = set()
+    if not isinstance(meta["in_leaves"], list) or len(meta["in_leaves"]) != in_tree.num_leaves:
+        raise _bad("input leaves do not match the input structure")
+    for ent in meta["in_leaves"]:
+        if not isinstance(ent, list) or len(ent) != 3:
+            raise _bad("input leaf")
+        s, shp, dts = ent
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n or s in seen:
+            raise _bad(f"input slot {s!r}")
+        seen.add(s)
+        dt = _dtype_from(dts, "f")
+        if shp is None:
+            if ops[s] != K_INPUT or dt != _f64:
+                raise _bad(f"input slot {s} is not a scalar input")
+            in_leaves.append((s, None, dt.str))
+        else:
+            shape = _shape_from(shp)
+            if ops[s] != K_ARRAY or not is_arr[s] or aux[int(a0[s])][0] != "input" \
+                    or avals[s].shape != shape or avals[s].dtype != dt:
+                raise _bad(f"input slot {s} is not an array input of that shape")
+            in_leaves.append((s, shape, dt.str))
+    if not isinstance(meta["out_leaves"], list) or \
+            len(meta["out_leaves"]) != out_tree.num_leaves:
+        raise _bad("output leaves do not match the output structure")
+    out_leaves = [ref(r, n, True, "output") for r in meta["out_leaves"]]
+    t = Tape()
+    t._import(ops, flags, a0, a1, a2, val, aux, avals)
+    t.in_tree = in_tree
+    t.in_leaves = in_leaves
+    t.out_tree = out_tree
+    t.out_leaves = out_leaves
+    return t

@@ -1,0 +1,409 @@
+"""Reverse-mode drivers on the tape: grad, value_and_grad, vjp, jacrev, record.
+
+Each call records the function once on a fresh ``Tape`` (adcore/_tape.pyx) and
+sweeps it backwards in C.  ``record`` keeps the tape so that it can be replayed
+at new inputs (``tape(x)``, ``tape.gradient(x)``, ``tape.jacobian(x)``) or saved.
+Inputs and gradients are trees (adcore.trees): floats, arrays, and dicts, lists,
+tuples of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._tape import Tape, TapeArray, TapeValue, load_tape
+from .dispatch import is_active
+from .errors import NestingError, TapeError
+from .trees import flatten, leaf_paths, unflatten
+
+__all__ = ["grad", "value_and_grad", "vjp", "jacrev", "record", "load_tape", "Tape"]
+
+
+def _path_name(argnum: int, path: Tuple[Any, ...]) -> str:
+    return f"argument {argnum}" + "".join(f"[{p!r}]" for p in path)
+
+
+def _input_leaf(x: Any, name: str) -> Any:
+    """A leaf as the tape takes it: float, or float32/float64 array."""
+    if is_active(x):
+        raise NestingError(
+            f"{name} is a {type(x).__name__} from an outer differentiation: reverse mode of "
+            "a function of forward-mode or reverse-mode values is not supported; use "
+            "adcore.hessian or adcore.hvp for second derivatives")
+    if isinstance(x, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind in "biu":
+            return x.astype(np.float64)
+        if x.dtype.kind == "f":
+            return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+        raise TypeError(f"{name}: cannot differentiate with respect to an array of dtype "
+                        f"{x.dtype} (real float32/float64 arrays, or integers, which are "
+                        "promoted to float64)")
+    raise TypeError(f"{name}: cannot differentiate with respect to a {type(x).__name__} "
+                    "(floats, integers, real numpy arrays, and dicts/lists/tuples of them)")
+
+
+def _argnums(argnums: Union[int, Sequence[int]], nargs: int) -> Tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not nums:
+        raise ValueError("argnums is empty")
+    for i in nums:
+        if not isinstance(i, int) or not -nargs <= i < nargs:
+            raise ValueError(f"argnums {argnums!r} does not fit a call with {nargs} "
+                             "positional argument(s)")
+    return tuple(i % nargs for i in nums)
+
+
+class _Recording:
+    """The result of one recording: the tape, its inputs and its outputs."""
+
+    def __init__(self, tape: Tape, groups: List[Tuple[Any, list]], out: Any):
+        self.tape = tape
+        self.groups = groups      # per differentiated argument: (treedef, [(slot, shape, dtype)])
+        self.out = out            # the function's output (handles inside)
+
+
+def _out_leaf(tape: Tape, leaf: Any, what: str):
+    """An output leaf as ("s"|"a", slot) or ("c", float); constants arrays get a slot."""
+    if isinstance(leaf, (TapeValue, TapeArray)):
+        if leaf.tape is not tape:
+            raise TapeError(f"{what} is a value of another tape")
+        return ("a", leaf.slot) if isinstance(leaf, TapeArray) else ("s", leaf.slot)
+    if is_active(leaf):
+        raise NestingError(f"{what} is a {type(leaf).__name__} of another differentiation")
+    if isinstance(leaf, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return ("c", float(leaf))
+    if isinstance(leaf, np.ndarray):
+        if leaf.ndim == 0:
+            return ("c", float(leaf))
+        return ("a", tape._constant_array(leaf))
+    raise TypeError(f"{what} is a {type(leaf).__name__}, not a number or array")
+
+
+def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None):
+    """Run f on handles for the arguments in nums; out_fn(tape, out) runs before finishing."""
+    if not callable(f):
+        raise TypeError(f"expected a function, got {type(f).__name__}")
+    for i in nums:
+        if args[i] is None:
+            raise TypeError(f"argument {i}: cannot differentiate with respect to None")
+    tape = Tape()
+    tape.start()
+    groups = []
+    try:
+        new_args = list(args)
+        for i in nums:
+            leaves, td = flatten(args[i])
+            paths = leaf_paths(args[i])
+            handles = []
+            info = []
+            for leaf, path in zip(leaves, paths):
+                name = _path_name(i, path)
+                h = tape.input(_input_leaf(leaf, name), name)
+                handles.append(h)
+                info.append((h.slot, h.shape if isinstance(h, TapeArray) else None,
+                             (h.dtype.str if isinstance(h, TapeArray) else "<f8")))
+            groups.append((td, info))
+            new_args[i] = unflatten(td, handles)
+        out = f(*new_args)
+        extra = out_fn(tape, out) if out_fn is not None else None
+    finally:
+        tape.finish()
+    rec = _Recording(tape, groups, out)
+    rec.extra = extra
+    return rec
+
+
+def _grads(rec: _Recording, adj) -> List[Any]:
+    """The gradient of each differentiated argument, in its own structure."""
+    result = []
+    for td, info in rec.groups:
+        leaves = []
+        for slot, shape, dt in info:
+            if shape is None:
+                leaves.append(0.0 if adj is None else adj[slot])
+            else:
+                g = np.zeros(shape) if adj is None else adj.array(slot, shape)
+                leaves.append(np.asarray(g, dtype=np.dtype(dt)))
+        result.append(unflatten(td, leaves))
+    return result
+
+
+def _scalar_slot(tape: Tape, out: Any, who: str):
+    """The slot of a scalar output (None for a constant) and its value."""
+    if isinstance(out, TapeValue):
+        if out.tape is not tape:
+            raise TapeError(f"{who}: the output is a value of another tape")
+        return out.slot, out.value
+    if isinstance(out, TapeArray):
+        if out.tape is not tape:
+            raise TapeError(f"{who}: the output is a value of another tape")
+        if out.shape != ():
+            raise TypeError(f"{who} needs a function with a scalar output, got an array of "
+                            f"shape {out.shape} (use jacrev or vjp)")
+        return out.slot, float(out.value)
+    if is_active(out):
+        raise NestingError(f"{who}: the output is a {type(out).__name__} of another "
+                           "differentiation")
+    if isinstance(out, (int, float, np.integer, np.floating, bool)) or (
+            isinstance(out, np.ndarray) and out.shape == ()):
+        return None, float(out)
+    shape = getattr(out, "shape", None)
+    if shape is not None:
+        raise TypeError(f"{who} needs a function with a scalar output, got an array of shape "
+                        f"{shape} (use jacrev or vjp)")
+    raise TypeError(f"{who} needs a function with a scalar output, got a "
+                    f"{type(out).__name__}")
+
+
+def _values(tape: Tape, out: Any, rp=None) -> Any:
+    """The output tree with handles replaced by their values."""
+    leaves, td = flatten(out)
+    vals = []
+    for leaf in leaves:
+        if isinstance(leaf, (TapeValue, TapeArray)) and leaf.tape is tape:
+            v = tape.value_at(leaf.slot, rp)
+            vals.append(np.array(v) if isinstance(v, np.ndarray) else v)
+        else:
+            vals.append(leaf)
+    return unflatten(td, vals)
+
+
+def value_and_grad(f: Callable, argnums: Union[int, Sequence[int]] = 0,
+                   has_aux: bool = False) -> Callable:
+    """``g(*args) -> (f(*args), gradient)`` by reverse mode (one recording, one sweep).
+
+    With ``has_aux`` f returns ``(value, aux)`` and g returns ``((value, aux), gradient)``.
+    The gradient has the structure of ``args[argnums]`` (a tuple of them for a tuple).
+    """
+    def value_and_grad_f(*args):
+        nums = _argnums(argnums, len(args))
+        rec = _record(f, args, nums)
+        out = rec.out
+        if has_aux:
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise TypeError("with has_aux=True the function must return (value, aux)")
+            out, aux = out
+        slot, value = _scalar_slot(rec.tape, out, "grad")
+        adj = rec.tape.backward({slot: 1.0}) if slot is not None else None
+        grads = _grads(rec, adj)
+        g = grads[0] if isinstance(argnums, int) else tuple(grads)
+        if has_aux:
+            return (value, _values(rec.tape, aux)), g
+        return value, g
+
+    value_and_grad_f.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
+    return value_and_grad_f
+
+
+def grad(f: Callable, argnums: Union[int, Sequence[int]] = 0) -> Callable:
+    """The gradient of a scalar function, by reverse mode: ``grad(f)(*args)``."""
+    vg = value_and_grad(f, argnums)
+
+    def grad_f(*args):
+        return vg(*args)[1]
+
+    grad_f.__name__ = f"grad({getattr(f, '__name__', 'f')})"
+    return grad_f
+
+
+def _out_leaves(tape: Tape, out: Any):
+    leaves, td = flatten(out)
+    paths = leaf_paths(out)
+    return td, [_out_leaf(tape, leaf, "output" + "".join(f"[{p!r}]" for p in path))
+                for leaf, path in zip(leaves, paths)]
+
+
+def vjp(f: Callable, *primals: Any):
+    """``(f(*primals), pullback)``; ``pullback(u)`` gives uᵀ·Df, one tuple entry per primal."""
+    if not primals:
+        raise TypeError("vjp needs at least one primal")
+    nums = tuple(range(len(primals)))
+    rec = _record(f, primals, nums, out_fn=_out_leaves)
+    tape = rec.tape
+    out_td, out_leaves = rec.extra
+    out_value = _values(tape, rec.out)
+
+    def pullback(cotangent):
+        cts, ct_td = flatten(cotangent)
+        if ct_td != out_td:
+            if out_td.kind == "leaf" or len(cts) != len(out_leaves):
+                raise ValueError(f"pullback: the cotangent has structure {ct_td!r} but the "
+                                 f"output has {out_td!r}")
+        seeds = {}
+        for (kind, ref), ct in zip(out_leaves, cts):
+            ct = np.asarray(ct, dtype=np.float64)
+            shape = tape.shape_of(ref) if kind != "c" else ()
+            if ct.shape != shape:
+                raise ValueError(f"pullback: a cotangent of shape {ct.shape} for an output "
+                                 f"of shape {shape}")
+            if kind == "c":
+                continue
+            if ref in seeds:
+                seeds[ref] = seeds[ref] + ct
+            else:
+                seeds[ref] = ct if shape else float(ct)
+        adj = tape.backward(seeds) if seeds else None
+        return tuple(_grads(rec, adj))
+
+    return out_value, pullback
+
+
+def _jacobian(tape: Tape, groups, out_td, out_leaves, rp=None):
+    """One reverse sweep per output element; outer structure = outputs, inner = inputs."""
+    per_out = []
+    for kind, ref in out_leaves:
+        oshape = () if kind == "c" else tape.shape_of(ref)
+        size = int(np.prod(oshape, dtype=np.int64))
+        inner = []
+        for td, info in groups:
+            leaves = []
+            for slot, shape, dt in info:
+                ishape = () if shape is None else tuple(shape)
+                leaves.append(np.zeros((size,) + ishape, dtype=np.dtype(dt)))
+            inner.append(leaves)
+        if kind != "c":
+            for e in range(size):
+                if oshape:
+                    seed = np.zeros(size)
+                    seed[e] = 1.0
+                    seed = seed.reshape(oshape)
+                else:
+                    seed = 1.0
+                adj = tape.backward({ref: seed}, _work=rp)
+                for gi, (td, info) in enumerate(groups):
+                    for li, (slot, shape, dt) in enumerate(info):
+                        inner[gi][li][e] = adj[slot] if shape is None else adj.array(slot, shape)
+        built = []
+        for gi, (td, info) in enumerate(groups):
+            leaves = []
+            for li, (slot, shape, dt) in enumerate(info):
+                ishape = () if shape is None else tuple(shape)
+                block = inner[gi][li].reshape(tuple(oshape) + ishape)
+                leaves.append(float(block) if block.ndim == 0 else block)
+            built.append(unflatten(td, leaves))
+        per_out.append(built)
+    return per_out
+
+
+def jacrev(f: Callable, argnums: Union[int, Sequence[int]] = 0) -> Callable:
+    """The Jacobian by reverse mode: one recording, one reverse sweep per output element.
+
+    For an output leaf of shape S and an input leaf of shape T the block has shape S + T.
+    The result has the output's structure, each leaf holding the inputs' structure.
+    """
+    def jacrev_f(*args):
+        nums = _argnums(argnums, len(args))
+        rec = _record(f, args, nums, out_fn=_out_leaves)
+        out_td, out_leaves = rec.extra
+        per_out = _jacobian(rec.tape, rec.groups, out_td, out_leaves)
+        pick = (lambda b: b[0]) if isinstance(argnums, int) else tuple
+        return unflatten(out_td, [pick(b) for b in per_out])
+
+    jacrev_f.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
+    return jacrev_f
+
+
+def record(f: Callable, *example_args: Any) -> Tape:
+    """Record ``f`` at ``example_args`` into a replayable, saveable ``Tape``.
+
+    Python control flow is fixed by the recording: comparisons and values read by
+    Python are checked on every replay (``adcore.BranchChangedError`` if they differ);
+    ``adcore.where`` records both branches and replays across the switch.
+    """
+    nums = tuple(range(len(example_args)))
+    rec = _record(f, example_args, nums, out_fn=_out_leaves)
+    tape = rec.tape
+    tape.in_tree = flatten(tuple(example_args))[1]
+    tape.in_leaves = [leaf for _, info in rec.groups for leaf in info]
+    tape.out_tree, tape.out_leaves = rec.extra
+    return tape
+
+
+# --- replaying a recorded tape (Tape.__call__, .gradient, .jacobian) -------------
+
+def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
+    if tape.in_tree is None:
+        raise TapeError("only tapes made by adcore.record can be replayed")
+    leaves, td = flatten(tuple(args))
+    if td != tape.in_tree:
+        raise TypeError(f"the tape was recorded with arguments of structure {tape.in_tree!r}, "
+                        f"got {td!r}")
+    paths = leaf_paths(tuple(args))
+    values = []
+    for leaf, path, (slot, shape, dt) in zip(leaves, paths, tape.in_leaves):
+        name = _path_name(path[0], path[1:])
+        v = _input_leaf(leaf, name)
+        if shape is None:
+            if isinstance(v, np.ndarray):
+                if v.shape != ():
+                    raise ValueError(f"{name}: the tape was recorded with a scalar here, got "
+                                     f"an array of shape {v.shape}")
+                v = float(v)
+            values.append(v)
+        else:
+            if not isinstance(v, np.ndarray):
+                raise ValueError(f"{name}: the tape was recorded with an array of shape "
+                                 f"{tuple(shape)} here, got a scalar")
+            if v.shape != tuple(shape):
+                raise ValueError(f"{name}: the tape was recorded with shape {tuple(shape)}, "
+                                 f"got {v.shape}")
+            values.append(np.ascontiguousarray(v, dtype=np.dtype(dt)))
+    return values
+
+
+def _out_values(tape: Tape, rp) -> Any:
+    vals = []
+    for kind, ref in tape.out_leaves:
+        if kind == "c":
+            vals.append(ref)
+        else:
+            v = tape.value_at(ref, rp)
+            vals.append(np.array(v) if isinstance(v, np.ndarray) else v)
+    return unflatten(tape.out_tree, vals)
+
+
+def _tape_call(tape: Tape, args) -> Any:
+    rp = tape.replay(_replay_inputs(tape, args))
+    return _out_values(tape, rp)
+
+
+def _groups_of(tape: Tape, nargs: int):
+    # one group per positional argument, from the argument-tuple structure
+    groups = []
+    k = 0
+    for child in tape.in_tree.children:
+        m = child.num_leaves
+        groups.append((child, tape.in_leaves[k:k + m]))
+        k += m
+    return groups
+
+
+def _tape_gradient(tape: Tape, args) -> Any:
+    rp = tape.replay(_replay_inputs(tape, args))
+    if len(tape.out_leaves) != 1:
+        raise TypeError("Tape.gradient needs a recorded function with one scalar output "
+                        "(use Tape.jacobian)")
+    kind, ref = tape.out_leaves[0]
+    if kind == "a" and tape.shape_of(ref) != ():
+        raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
+                        f"{tape.shape_of(ref)} (use Tape.jacobian)")
+    groups = _groups_of(tape, len(args))
+    rec = _Recording(tape, groups, None)
+    if kind == "c":
+        grads = _grads(rec, None)
+    else:
+        seed = np.ones(()) if kind == "a" else 1.0
+        grads = _grads(rec, tape.backward({ref: seed}, _work=rp))
+    return grads[0] if len(grads) == 1 else tuple(grads)
+
+
+def _tape_jacobian(tape: Tape, args) -> Any:
+    rp = tape.replay(_replay_inputs(tape, args))
+    groups = _groups_of(tape, len(args))
+    per_out = _jacobian(tape, groups, tape.out_tree, tape.out_leaves, rp)
+    pick = (lambda b: b[0]) if len(groups) == 1 else tuple
+    return unflatten(tape.out_tree, [pick(b) for b in per_out])
