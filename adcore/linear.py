@@ -102,8 +102,13 @@ class Matrix:
         if (type(key) is tuple and len(key) == 2 and key[0] in self._out
                 and key[1] in self._in):
             return self._out.index(key[0]), self._in.index(key[1])
-        # numpy-style: the factors' coordinates in one flat tuple, as in asarray(F)
         p, q = len(self._out.factors), len(self._in.factors)
+        # a gradient (SCALAR rows) by input coordinate; a derivative (SCALAR columns) by output
+        if p == 0 and key in self._in:
+            return 0, self._in.index(key)
+        if q == 0 and key in self._out:
+            return self._out.index(key), 0
+        # numpy-style: the factors' coordinates in one flat tuple, as in asarray(F)
         flat = key if type(key) is tuple else (key,)
         if len(flat) == p + q and (p, q) != (1, 1):
             i = flat[0] if p == 1 else tuple(flat[:p])

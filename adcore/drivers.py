@@ -1,0 +1,498 @@
+"""Jacobians over coordinate sets, the chain rule, and exact second derivatives.
+
+``jacobian(f)(x)`` is the derivative Df(x) as a :class:`~adcore.linear.Matrix`
+in V(C1 x C0), indexed by (output coordinate, input coordinate):
+
+* a Vector over C0 gives C0 itself; a number gives SCALAR; a numpy array of shape
+  s gives the product of ranges of s (so ``numpy.asarray(J).shape`` is
+  ``out.shape + in.shape``, JAX's convention); a dict (or list, tuple, ...) of
+  numbers gives the coordinate set of its keys, and of arrays the tuples
+  ``(key, *index)``.  The output's coordinate set is found the same way.
+* ``mode="forward"`` pushes all |C0| basis directions through one forward pass
+  (adcore.forward.jacfwd, tangents in chunks); ``mode="reverse"`` records one tape
+  and sweeps it back once per output row (adcore.reverse.jacrev).
+  ``mode="auto"`` (the default) evaluates f once at x to learn |C1|, then takes
+  forward mode when |C0| <= |C1| and reverse mode otherwise: each mode costs a
+  small multiple of f per direction it pushes (forward: |C0| of them, reverse:
+  |C1|), so the smaller side wins.
+
+The chain rule, D(g o f)(x) = Dg(f(x)) Df(x), is Matrix composition:
+``jacobian(g)(f(x)) @ jacobian(f)(x)``; ``compose(g, f)`` evaluates a composition
+and assembles its derivative that way, and ``chain(Jg, Jf)`` multiplies
+Jacobians with their coordinate sets checked.
+
+``hessian(f)(x)`` and ``hvp(f, x, v)`` are exact (no finite differences):
+reverse over forward.  ``hvp`` is the gradient of x -> Df(x) v, one forward
+pass carrying recorded values (adcore.nested.NestedDual) and one reverse sweep;
+``hessian`` pushes all n directions through one forward pass on one recorded
+tape, then sweeps it back once per row.
+
+``jacfwd`` and ``jacrev`` here are the engines' (forward.py, reverse.py) made
+aware of coordinate sets: a function of a Vector, or returning one, gets a
+Matrix; numbers, arrays and trees of them get the engine's own result (JAX's
+conventions) unchanged.
+
+A worked example, the seed's Jacobian of [x^2, xy, y^2] at x = 3, y = 5 (the
+README's "The mathematics, with adcore" runs these lines too):
+
+>>> import adcore
+>>> from adcore import Named, Vector
+>>> C0, C1 = Named("x", "y"), Named("z0", "z1", "z2")
+>>> f = lambda v: Vector(C1, [v["x"] ** 2, v["x"] * v["y"], v["y"] ** 2])
+>>> J = adcore.jacobian(f)(Vector(C0, {"x": 3.0, "y": 5.0}))
+>>> J["z1", "x"], J["z1", "y"]
+(5.0, 3.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import trees
+from .coords import SCALAR, CoordinateSet, Named, Range, from_shape
+from .errors import CoordinateError
+from .linear import Matrix
+from .vectors import Vector, _is_active, _is_active_array
+
+__all__ = ["jacobian", "jacfwd", "jacrev", "value_and_jacobian", "hessian", "hvp",
+           "compose", "chain", "coordinates_of"]
+
+_MODES = ("auto", "forward", "reverse")
+
+
+# ---------------------------------------------------------------- layouts
+
+def _leaf_shape(x: Any, where: str) -> Tuple[int, ...]:
+    if isinstance(x, (bool, np.bool_)):
+        return ()
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return ()
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: an array of dtype {x.dtype} is not differentiable "
+                            f"(real numbers only)")
+        return tuple(x.shape)
+    if _is_active(x):
+        return tuple(getattr(x, "shape", ()))
+    if isinstance(x, complex):
+        raise TypeError(f"{where}: complex numbers are not supported")
+    raise TypeError(f"{where}: cannot differentiate with respect to a {type(x).__name__}")
+
+
+class _Layout:
+    """How a structured value maps onto a coordinate set and a flat buffer.
+
+    kind "vector": a Vector (its own set); "leaf": one number or array (the
+    product of ranges of its shape); "tree": dicts/lists/tuples/dataclasses of
+    those (labels ``path + index``, a bare key for a number under one key).
+    """
+
+    def __init__(self, example: Any, where: str) -> None:
+        self.where = where
+        if isinstance(example, Vector):
+            self.kind = "vector"
+            self.coords = example.coords
+            return
+        leaves, treedef = trees.flatten(example)
+        if treedef.kind == "leaf":
+            self.kind = "leaf"
+            self.shape = _leaf_shape(example, where)
+            self.coords = from_shape(self.shape)
+            return
+        self.kind = "tree"
+        self.treedef = treedef
+        self.leaf_info: List[Tuple[str, Any, int]] = []  # (kind, shape or coords, size)
+        labels: List[Any] = []
+        for path, leaf in zip(trees.leaf_paths(example), leaves):
+            if isinstance(leaf, Vector):
+                self.leaf_info.append(("vector", leaf.coords, leaf.size))
+                labels.extend(path + (c,) for c in leaf.coords)
+            else:
+                shape = _leaf_shape(leaf, where)
+                self.leaf_info.append(("leaf", shape, int(np.prod(shape, dtype=np.int64))))
+                labels.extend(path + idx for idx in np.ndindex(*shape))
+        labels = [lab[0] if len(lab) == 1 else lab for lab in labels]
+        if labels == list(range(len(labels))):
+            self.coords = Range(len(labels))
+        else:
+            self.coords = Named(*labels)
+
+    @property
+    def size(self) -> int:
+        return self.coords.size
+
+    # -- structure -> flat
+    def flatten(self, x: Any) -> Any:
+        """A 1-D buffer of x's values: float64 when plain, else an adcore array."""
+        if self.kind == "vector":
+            if not isinstance(x, Vector) or x.coords != self.coords:
+                raise CoordinateError(f"{self.where}: expected a Vector over {self.coords!r}, "
+                                      f"got {_describe(x)}")
+            return _vector_buffer(x)
+        if self.kind == "leaf":
+            shape = _leaf_shape(x, self.where)
+            if shape != self.shape:
+                raise ValueError(f"{self.where}: expected shape {self.shape}, got {shape}")
+            return _ravel(x)
+        leaves, treedef = trees.flatten(x)
+        if treedef != self.treedef:
+            raise ValueError(f"{self.where}: the structure changed from {self.treedef!r} "
+                             f"to {treedef!r}")
+        pieces = []
+        for (kind, meta, _), leaf in zip(self.leaf_info, leaves):
+            if kind == "vector":
+                if not isinstance(leaf, Vector) or leaf.coords != meta:
+                    raise CoordinateError(f"{self.where}: expected a Vector over {meta!r}, "
+                                          f"got {_describe(leaf)}")
+                pieces.append(_vector_buffer(leaf))
+            else:
+                if _leaf_shape(leaf, self.where) != meta:
+                    raise ValueError(f"{self.where}: expected shape {meta}, got "
+                                     f"{_leaf_shape(leaf, self.where)}")
+                pieces.append(_ravel(leaf))
+        return _concat(pieces)
+
+    # -- flat -> structure
+    def unflatten(self, buf: Any) -> Any:
+        if self.kind == "vector":
+            return Vector._wrap(self.coords, buf)
+        if self.kind == "leaf":
+            return _shape_as(buf, self.shape)
+        out = []
+        start = 0
+        for kind, meta, size in self.leaf_info:
+            part = buf[start:start + size]
+            if kind == "vector":
+                out.append(Vector._wrap(meta, part))
+            else:
+                out.append(_shape_as(part, meta))
+            start += size
+        return trees.unflatten(self.treedef, out)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Vector):
+        return f"a Vector over {x.coords!r}"
+    return f"a {type(x).__name__}"
+
+
+def _vector_buffer(v: Vector) -> Any:
+    d = v.values
+    if isinstance(d, np.ndarray) and d.dtype == object:
+        return _stack_scalars(list(d))
+    return d
+
+
+def _stack_scalars(items: List[Any]) -> Any:
+    if not any(_is_active(x) for x in items):
+        return np.array([float(x) for x in items], dtype=np.float64)
+    from .array_ops import stack
+
+    return stack(items)
+
+
+def _ravel(x: Any) -> Any:
+    if _is_active(x):
+        shape = tuple(getattr(x, "shape", ()))
+        if shape == ():
+            return _stack_scalars([x])
+        if len(shape) == 1:
+            return x
+        from .array_ops import reshape
+
+        return reshape(x, (int(np.prod(shape)),))
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def _concat(pieces: List[Any]) -> Any:
+    if len(pieces) == 1:
+        return pieces[0]
+    if not any(_is_active(p) for p in pieces):
+        return np.concatenate(pieces) if pieces else np.zeros(0)
+    from .array_ops import concatenate
+
+    return concatenate(pieces)
+
+
+def _shape_as(buf: Any, shape: Tuple[int, ...]) -> Any:
+    if shape == ():
+        x = buf[0]
+        return float(x) if isinstance(buf, np.ndarray) else x
+    if tuple(getattr(buf, "shape", ())) == shape:
+        return buf
+    if isinstance(buf, np.ndarray):
+        return buf.reshape(shape)
+    from .array_ops import reshape
+
+    return reshape(buf, shape)
+
+
+def coordinates_of(x: Any) -> CoordinateSet:
+    """The coordinate set the drivers give a value: a Vector's own, a number's
+    SCALAR, an array's product of ranges, a tree's labels."""
+    return _Layout(x, "coordinates_of").coords
+
+
+# ---------------------------------------------------------------- engines
+
+def _check_mode(mode: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"jacobian: mode must be one of {_MODES}, not {mode!r}")
+    return mode
+
+
+def _engine_matrix(g: Callable[[Any], Any], xf: np.ndarray, mode: str, m: int) -> np.ndarray:
+    """The (m, n) Jacobian of the flat function g at the flat point xf."""
+    n = xf.shape[0]
+    if m == 0 or n == 0:
+        return np.zeros((m, n))
+    if mode == "forward":
+        from .forward import jacfwd as engine
+    else:
+        from .reverse import jacrev as engine
+    J = np.asarray(engine(g)(xf), dtype=np.float64)
+    return J.reshape(m, n)
+
+
+def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
+                  where: str) -> Tuple[_Layout, np.ndarray, Callable[[Any], Any], list]:
+    """x's layout, x as a flat float array, and g = flat f of the flat x.
+
+    g records the output layout on its first call into the returned list."""
+    if not isinstance(argnums, int) or isinstance(argnums, bool):
+        raise TypeError(f"{where}: argnums must be an int, not {argnums!r}")
+    if not -len(args) <= argnums < len(args):
+        raise ValueError(f"{where}: argnums={argnums} but f was given {len(args)} "
+                         f"argument(s)")
+    x = args[argnums]
+    lin = _Layout(x, f"{where} (input)")
+    xf = lin.flatten(x)
+    if not (isinstance(xf, np.ndarray) and xf.dtype == np.float64):
+        xf = np.asarray(xf, dtype=np.float64)
+    out_layout: list = []
+
+    def g(buf: Any) -> Any:
+        call = list(args)
+        call[argnums] = lin.unflatten(buf)
+        y = f(*call)
+        if not out_layout:
+            out_layout.append(_Layout(y, f"{where} (output)"))
+        return out_layout[0].flatten(y)
+
+    return lin, xf, g, out_layout
+
+
+def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
+                       argnums: int = 0) -> Callable[..., Tuple[Any, Matrix]]:
+    """``(f(x), Df(x))`` with Df(x) a Matrix over (output, input) coordinates."""
+    _check_mode(mode)
+
+    def run(*args: Any) -> Tuple[Any, Matrix]:
+        lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
+        y = f(*args)  # the value, and |C1| for the choice of mode
+        lout = _Layout(y, "jacobian (output)")
+        out_layout.append(lout)
+        chosen = mode
+        if mode == "auto":
+            chosen = "forward" if lin.size <= lout.size else "reverse"
+        J = _engine_matrix(g, xf, chosen, lout.size)
+        return y, Matrix._wrap(lout.coords, lin.coords, J)
+
+    return run
+
+
+def jacobian(f: Callable[..., Any], mode: str = "auto",
+             argnums: int = 0) -> Callable[..., Matrix]:
+    """The derivative Df(x) in V(C1 x C0), as a Matrix (see the module docs).
+
+    ``mode="auto"`` picks forward mode when |C0| <= |C1| and reverse otherwise;
+    ``"forward"`` / ``"reverse"`` force one.
+    """
+    _check_mode(mode)
+
+    def run(*args: Any) -> Matrix:
+        if mode == "auto":
+            x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
+            if x is not None and _Layout(x, "jacobian (input)").size <= 1:
+                return _forced(f, args, argnums, "forward")  # forward can't lose at |C0| <= 1
+            return value_and_jacobian(f, mode, argnums)(*args)[1]
+        return _forced(f, args, argnums, mode)
+
+    return run
+
+
+def _forced(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str) -> Matrix:
+    lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
+    if xf.shape[0] == 0:
+        lout = _Layout(f(*args), "jacobian (output)")
+        return Matrix._wrap(lout.coords, lin.coords, np.zeros((lout.size, 0)))
+    if mode == "forward":
+        from .forward import jacfwd as engine
+    else:
+        from .reverse import jacrev as engine
+    J = np.asarray(engine(g)(xf), dtype=np.float64)
+    lout = out_layout[0]
+    return Matrix._wrap(lout.coords, lin.coords, J.reshape(lout.size, lin.size))
+
+
+def _involves_vectors(x: Any) -> bool:
+    if isinstance(x, Vector):
+        return True
+    leaves, _ = trees.flatten(x)
+    return any(isinstance(leaf, Vector) for leaf in leaves)
+
+
+def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
+    def wrapper(f: Callable[..., Any], argnums: int = 0, **kwargs: Any) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
+            if x is not None and _involves_vectors(x):
+                return jacobian(f, mode=mode, argnums=argnums)(*args)
+            seen: list = []
+
+            def watch(*a: Any) -> Any:
+                y = f(*a)
+                if not seen:
+                    seen.append(_involves_vectors(y))
+                if seen[0]:
+                    raise _VectorOutput()
+                return y
+
+            if engine_name == "jacfwd":
+                from .forward import jacfwd as engine
+            else:
+                from .reverse import jacrev as engine
+            try:
+                return engine(watch, argnums=argnums, **kwargs)(*args)
+            except _VectorOutput:
+                return jacobian(f, mode=mode, argnums=argnums)(*args)
+
+        run.__name__ = f"{engine_name}({getattr(f, '__name__', 'f')})"
+        return run
+
+    wrapper.__name__ = engine_name
+    return wrapper
+
+
+class _VectorOutput(Exception):
+    """f returns Vectors: redo the Jacobian with coordinate sets (internal)."""
+
+
+jacfwd = _aware("jacfwd", "forward")
+jacfwd.__doc__ = """Forward-mode Jacobian: Vector-aware ``adcore.forward.jacfwd``.
+
+A function of a Vector (or returning one) gets a Matrix over (output, input)
+coordinates; other functions get the engine's result (JAX's convention)."""
+jacrev = _aware("jacrev", "reverse")
+jacrev.__doc__ = """Reverse-mode Jacobian: Vector-aware ``adcore.reverse.jacrev``.
+
+A function of a Vector (or returning one) gets a Matrix over (output, input)
+coordinates; other functions get the engine's result (JAX's convention)."""
+
+
+# ---------------------------------------------------------------- the chain rule
+
+def chain(*jacobians: Matrix) -> Matrix:
+    """The chain rule: the product J_k ... J_1 of the Jacobians of a composition,
+    outermost first (``chain(Jg, Jf)`` is D(g o f)); mismatched coordinate sets
+    raise CoordinateError naming both."""
+    if not jacobians:
+        raise TypeError("chain: needs at least one Jacobian")
+    for J in jacobians:
+        if not isinstance(J, Matrix):
+            raise TypeError(f"chain: {type(J).__name__} is not a Matrix")
+    out = jacobians[-1]
+    for J in reversed(jacobians[:-1]):
+        out = J @ out
+    return out
+
+
+def compose(*fs: Callable[[Any], Any], mode: str = "auto") -> Callable[[Any], Tuple[Any, Matrix]]:
+    """The composition ``fs[0] o fs[1] o ... o fs[-1]`` (outermost first, as in
+    g o f), returning ``(value, derivative)`` at x: each function's Jacobian at
+    the point it is applied, multiplied by the chain rule."""
+    if not fs:
+        raise TypeError("compose: needs at least one function")
+    _check_mode(mode)
+
+    def run(x: Any) -> Tuple[Any, Matrix]:
+        value = x
+        J: Optional[Matrix] = None
+        for f in reversed(fs):
+            value, Jf = value_and_jacobian(f, mode)(value)
+            J = Jf if J is None else Jf @ J
+        assert J is not None
+        return value, J
+
+    return run
+
+
+# ---------------------------------------------------------------- second derivatives
+
+def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
+                    where: str) -> Tuple[_Layout, np.ndarray, Callable[[Any], Any]]:
+    lin, xf, g, _ = _flat_problem(f, args, argnums, where)
+
+    def s(buf: Any) -> Any:
+        call = list(args)
+        call[argnums] = lin.unflatten(buf)
+        y = f(*call)
+        if isinstance(y, Vector):
+            if y.size != 1:
+                raise ValueError(f"{where}: f must return a scalar, got a Vector over "
+                                 f"{y.coords!r}")
+            y = y.values[0]
+        shape = tuple(getattr(y, "shape", ()))
+        if shape not in ((), (1,)):
+            raise ValueError(f"{where}: f must return a scalar, got shape {shape}")
+        if shape == (1,):
+            y = y[0]
+        return y
+
+    return lin, xf, s
+
+
+def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
+    """The Hessian of a scalar f as a Matrix over C0 x C0, exact: the Jacobian of
+    the gradient, with the gradient by forward mode (all directions in one pass)
+    on one recorded tape swept back once per row."""
+
+    def run(*args: Any) -> Matrix:
+        from .forward import jacfwd as fwd
+        from .reverse import jacrev as rev
+
+        lin, xf, s = _scalar_problem(f, args, argnums, "hessian")
+        n = lin.size
+        if n == 0:
+            return Matrix._wrap(lin.coords, lin.coords, np.zeros((0, 0)))
+
+        def gradient(buf: Any) -> Any:
+            return fwd(s)(buf)
+
+        H = np.asarray(rev(gradient)(xf), dtype=np.float64).reshape(n, n)
+        # exact in exact arithmetic; rounding can differ in the last bits
+        H = 0.5 * (H + H.T)
+        return Matrix._wrap(lin.coords, lin.coords, H)
+
+    return run
+
+
+def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
+    """The Hessian-vector product H(x) v of a scalar f, exact, in x's structure:
+    the gradient of x -> Df(x) v (reverse over forward)."""
+    from .forward import jvp
+    from .reverse import grad
+
+    lin, xf, s = _scalar_problem(f, (x,), 0, "hvp")
+    if isinstance(x, Vector) and not (isinstance(v, Vector) and v.coords == x.coords):
+        raise CoordinateError(f"hvp: x is a Vector over {x.coords!r} but v is "
+                              f"{_describe(v)}")
+    vf = np.asarray(lin.flatten(v), dtype=np.float64)
+
+    def directional(buf: Any) -> Any:
+        return jvp(s, (buf,), (vf,))[1]
+
+    hv = np.asarray(grad(directional)(xf), dtype=np.float64).reshape(lin.size)
+    return lin.unflatten(hv)
