@@ -47,8 +47,7 @@ command -v "$PY" >/dev/null 2>&1 || [[ -x "$PY" ]] || die "interpreter '$PY' not
 TESTS="$(cd "$TESTS" && pwd)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/adcore-test.XXXXXX")"
-cleanup() { rm -rf "$WORK"; }
-trap cleanup EXIT
+trap 'rm -rf "$WORK"' EXIT
 
 if [[ -z "$INSTALL" ]]; then
     # Build from a copy of the checkout: tracked files plus new, not-ignored
@@ -86,9 +85,9 @@ pip_q() { "$VPY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor 
 "$PY" -m venv "$WORK/venv"
 if [[ -x "$WORK/venv/bin/python" ]]; then VPY="$WORK/venv/bin/python"; else VPY="$WORK/venv/Scripts/python.exe"; fi
 
-echo "tools/test.sh: installing $INSTALL[test] with $("$VPY" -c 'import sys; print(sys.version.split()[0])')"
+echo "tools/test.sh: installing ${INSTALL}[test] with $("$VPY" -c 'import sys; print(sys.version.split()[0])')"
 pip_q install -q --upgrade pip
-pip_q install -q "$INSTALL[test]"
+pip_q install -q "${INSTALL}[test]"
 
 mkdir "$WORK/run"
 cp -R "$TESTS" "$WORK/run/tests"
