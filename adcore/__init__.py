@@ -40,7 +40,7 @@ __all__ = [
     "max", "broadcast_to", "concatenate", "getitem", "matmul", "mean", "reshape", "stack",
     "sum", "transpose",
     "SCALAR", "Named", "Product", "Range", "Vector", "basis", "distance", "Matrix",
-    "identity", "matrix_of", "jacobian", "jacrev", "hessian", "hvp", "chain", "compose",
+    "identity", "matrix_of", "jacobian", "hessian", "hvp", "chain", "compose",
     "value_and_jacobian",
     "Dual", "DualArray", "NestedDual", "jvp", "derivative", "jacfwd",
     "Tape", "record", "load_tape", "grad", "value_and_grad", "vjp", "jacrev",
