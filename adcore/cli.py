@@ -396,7 +396,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list and args_list[0] in PASSTHROUGH:
-            return PASSTHROUGH[args_list[0]][1](args_list[1:])
+            try:
+                return PASSTHROUGH[args_list[0]][1](args_list[1:])
+            except SystemExit as e:  # the command's own --help or usage error
+                if e.code is None or isinstance(e.code, int):
+                    return e.code or 0
+                print(e.code, file=sys.stderr)
+                return 1
         parser = _parser()
         try:
             args = parser.parse_args(args_list)

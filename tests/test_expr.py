@@ -275,3 +275,12 @@ def test_derivatives_through_functions_match_the_analytic_ones():
 ])
 def test_format_number(value, text):
     assert format_number(value) == text
+
+
+def test_expressions_work_with_every_engine():
+    p = parse("x*sin(x) + y**2", names=["x", "y"])
+    gx, gy = adcore.grad(lambda x, y: p.evaluate({"x": x, "y": y}), argnums=(0, 1))(1.0, 2.0)
+    assert gx == pytest.approx(math.sin(1.0) + math.cos(1.0), rel=1e-15)
+    assert gy == 4.0
+    d2 = adcore.derivative(adcore.derivative(lambda x: p.evaluate({"x": x, "y": 0.0})))(1.0)
+    assert d2 == pytest.approx(2 * math.cos(1.0) - math.sin(1.0), rel=1e-14)
