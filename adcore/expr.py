@@ -268,13 +268,15 @@ def _parse_tree(source: str) -> ast.AST:
     text = source.strip()
     if not text:
         raise ExpressionError("empty expression")
+    if "\0" in text:
+        raise ExpressionError("expression contains a null byte")
     try:
         module = ast.parse(text, mode="exec")
     except SyntaxError as e:
         col = f" at column {e.offset}" if e.offset else ""
         raise ExpressionError(f"syntax error: {e.msg}{col}") from None
     except (ValueError, MemoryError, RecursionError):
-        # null bytes (ValueError on 3.11) or the parser's own stack limits
+        # the parser's own stack limits (MemoryError, RecursionError) or bad characters
         raise ExpressionError("expression is nested too deeply or malformed") from None
     if len(module.body) != 1:
         raise ExpressionError("only one expression is allowed (found several statements)")

@@ -73,7 +73,7 @@ UNSAFE = [
     ("atan2(x)", "atan2 takes 2 arguments, got 1"),
     ("", "empty expression"),
     ("x +", "syntax error"),
-    ("x\0", "null bytes"),
+    ("x\0", "null byte"),
     ("1" + "0" * 400, "number too large"),
     ("-" * 150 + "x", "nested too deeply"),
     ("(" * 300 + "x" + ")" * 300, "nested"),
