@@ -154,6 +154,31 @@ class _Layout:
                 pieces.append(_ravel(leaf))
         return _concat(pieces)
 
+    @property
+    def scalar_leaves(self) -> bool:
+        """No array leaves: the value can travel as a list of scalars."""
+        if self.kind == "vector":
+            return True
+        if self.kind == "leaf":
+            return self.shape == ()
+        return all(kind == "vector" or meta == () for kind, meta, _ in self.leaf_info)
+
+    def unflatten_scalars(self, items: Sequence[Any]) -> Any:
+        """The structure from a list of scalars (requires ``scalar_leaves``)."""
+        if self.kind == "vector":
+            return Vector._wrap(self.coords, _object_buffer(items))
+        if self.kind == "leaf":
+            return items[0]
+        out = []
+        start = 0
+        for kind, meta, size in self.leaf_info:
+            if kind == "vector":
+                out.append(Vector._wrap(meta, _object_buffer(items[start:start + size])))
+            else:
+                out.append(items[start])
+            start += size
+        return trees.unflatten(self.treedef, out)
+
     # -- flat -> structure
     def unflatten(self, buf: Any) -> Any:
         if self.kind == "vector":
@@ -176,6 +201,13 @@ def _describe(x: Any) -> str:
     if isinstance(x, Vector):
         return f"a Vector over {x.coords!r}"
     return f"a {type(x).__name__}"
+
+
+def _object_buffer(items: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        out[i] = x
+    return out
 
 
 def _vector_buffer(v: Vector) -> Any:
@@ -432,18 +464,25 @@ def compose(*fs: Callable[[Any], Any], mode: str = "auto") -> Callable[[Any], Tu
 # ---------------------------------------------------------------- second derivatives
 
 def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
-                    where: str) -> Tuple[_Layout, np.ndarray, Callable[[Any], Any]]:
-    lin, xf, g, _ = _flat_problem(f, args, argnums, where)
+                    where: str) -> Tuple[_Layout, Any, Callable[[Any], Any]]:
+    """x's layout, x flat, and s = scalar f of flat x.
+
+    Vectors, numbers and trees of numbers travel as a list of scalars (each
+    coordinate its own nested dual); arrays as one flat array."""
+    lin, xf, _, _ = _flat_problem(f, args, argnums, where)
+    scalars = lin.scalar_leaves
+    if scalars:
+        xf = [float(t) for t in xf]
 
     def s(buf: Any) -> Any:
         call = list(args)
-        call[argnums] = lin.unflatten(buf)
+        call[argnums] = lin.unflatten_scalars(buf) if scalars else lin.unflatten(buf)
         y = f(*call)
         if isinstance(y, Vector):
             if y.size != 1:
                 raise ValueError(f"{where}: f must return a scalar, got a Vector over "
                                  f"{y.coords!r}")
-            y = y.values[0]
+            y = y[y.coords.coord_at(0)]
         shape = tuple(getattr(y, "shape", ()))
         if shape not in ((), (1,)):
             raise ValueError(f"{where}: f must return a scalar, got shape {shape}")
@@ -455,9 +494,9 @@ def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
 
 
 def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
-    """The Hessian of a scalar f as a Matrix over C0 x C0, exact: the Jacobian of
-    the gradient, with the gradient by forward mode (all directions in one pass)
-    on one recorded tape swept back once per row."""
+    """The Hessian of a scalar f as a Matrix over C0 x C0, exact: reverse over
+    forward, i.e. the Jacobian (one recorded tape, one reverse sweep per row) of
+    the gradient by forward mode (all n directions in one pass)."""
 
     def run(*args: Any) -> Matrix:
         from .forward import jacfwd as fwd
@@ -472,7 +511,7 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
             return fwd(s)(buf)
 
         H = np.asarray(rev(gradient)(xf), dtype=np.float64).reshape(n, n)
-        # exact in exact arithmetic; rounding can differ in the last bits
+        # exactly symmetric in exact arithmetic; rounding may differ in the last bit
         H = 0.5 * (H + H.T)
         return Matrix._wrap(lin.coords, lin.coords, H)
 
@@ -481,7 +520,8 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
 
 def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
     """The Hessian-vector product H(x) v of a scalar f, exact, in x's structure:
-    the gradient of x -> Df(x) v (reverse over forward)."""
+    the gradient of x -> Df(x) v (reverse over forward: one forward pass with
+    recorded values, one reverse sweep)."""
     from .forward import jvp
     from .reverse import grad
 
@@ -490,9 +530,13 @@ def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
         raise CoordinateError(f"hvp: x is a Vector over {x.coords!r} but v is "
                               f"{_describe(v)}")
     vf = np.asarray(lin.flatten(v), dtype=np.float64)
+    if isinstance(xf, list):
+        vt: Any = [float(t) for t in vf]
+    else:
+        vt = vf
 
     def directional(buf: Any) -> Any:
-        return jvp(s, (buf,), (vf,))[1]
+        return jvp(s, (buf,), (vt,))[1]
 
     hv = np.asarray(grad(directional)(xf), dtype=np.float64).reshape(lin.size)
     return lin.unflatten(hv)
