@@ -44,7 +44,7 @@ def _plain_input(x: Any, where: str) -> Any:
         raise TypeError(f"{where}: inputs must be real numbers or arrays, got "
                         f"{type(x).__name__} of dtype {arr.dtype}")
     if arr.dtype != np.float32:
-        arr = arr.astype(np.float64)
+        arr = arr.astype(np.float64, copy=False)
     return float(arr) if arr.ndim == 0 and not isinstance(x, np.ndarray) else arr
 
 
