@@ -32,16 +32,121 @@ aware of coordinate sets: a function of a Vector, or returning one, gets a
 Matrix; numbers, arrays and trees of them get the engine's own result (JAX's
 conventions) unchanged.
 
-A worked example, the seed's Jacobian of [x^2, xy, y^2] at x = 3, y = 5 (the
-README's "The mathematics, with adcore" runs these lines too):
+The mathematics, with adcore (mirrored by the README section of that name)
+---------------------------------------------------------------------------
 
+The seed builds its calculus from one idea: a vector is a function from a set
+of coordinates to the reals, V(C) = {v : C → R}. adcore follows it literally.
+(Every example below runs as a test: `tests/test_readme_math.py` checks them
+against the doctests in `adcore/drivers.py`, which it runs.)
+
+**Coordinate sets.** The von Neumann integer n = {0, …, n-1}, any set of
+labels, and products of sets; a numpy shape (2, 3, 5) is the product
+2 × 3 × 5, and the scalars are V of the empty product, which has one
+coordinate, the empty tuple.
+
+>>> import numpy as np
 >>> import adcore
->>> from adcore import Named, Vector
->>> C0, C1 = Named("x", "y"), Named("z0", "z1", "z2")
+>>> from adcore import Matrix, Named, Range, SCALAR, Vector
+>>> list(Range(5))
+[0, 1, 2, 3, 4]
+>>> C = Range(2) * Range(3) * Range(5)
+>>> C.size, C.shape, C.index((1, 2, 3)), C.coord_at(28)
+(30, (2, 3, 5), 28, (1, 2, 3))
+>>> list(SCALAR), SCALAR.shape
+([()], ())
+
+**Vectors.** Arithmetic and every function of the rule table act element-wise,
+with scalars broadcast; `basis(C, i)` is 1_i; the inner product, the length and
+the distance are `dot`, `norm` and `distance`.
+
+>>> C0 = Named("x", "y")
+>>> v = Vector(C0, {"x": 3.0, "y": 4.0})
+>>> v["y"], v.norm()
+(4.0, 5.0)
+>>> 2 * v + 1
+Vector(Named('x', 'y'), {'x': 7.0, 'y': 9.0})
+>>> adcore.maximum(v, 3.5)
+Vector(Named('x', 'y'), {'x': 3.5, 'y': 4.0})
+>>> e = adcore.basis(C0, "y")
+>>> e, v.dot(e), adcore.distance(v, e)
+(Vector(Named('x', 'y'), {'x': 0.0, 'y': 1.0}), 4.0, 4.242640687119285)
+>>> v + Vector(Range(2), [1.0, 2.0])
+Traceback (most recent call last):
+  ...
+adcore.errors.CoordinateError: cannot combine a Vector over Named('x', 'y') with a Vector over Range(2)
+
+**Linear functions are matrices.** A linear f : V(C0) → V(C1) is the matrix
+F ∈ V(C1 × C0) with F[i, j] = f(1_j)[i], and f(v) = Fv. Composition is the
+matrix product, contracting the shared coordinate set.
+
+>>> C1 = Named("z0", "z1", "z2")
+>>> f = lambda v: Vector(C1, [2 * v["x"], v["x"] - v["y"], 3 * v["y"]])
+>>> F = adcore.matrix_of(f, C0)
+>>> F
+Matrix(Named('z0', 'z1', 'z2'), Named('x', 'y'), [[2.0, 0.0], [1.0, -1.0], [0.0, 3.0]])
+>>> F @ v == f(v)
+True
+>>> G = adcore.matrix_of(lambda u: Vector(Named("s"), [u["z0"] + u["z2"]]), C1)
+>>> G @ F
+Matrix(Named('s'), Named('x', 'y'), [[2.0, 3.0]])
+>>> F @ G
+Traceback (most recent call last):
+  ...
+adcore.errors.CoordinateError: cannot compose: the left matrix takes Named('x', 'y') but the right one gives Named('s')
+>>> adcore.matrix_of(lambda v: v * v, C0)
+Traceback (most recent call last):
+  ...
+ValueError: matrix_of: f is not linear: ...
+
+**The derivative** Df(x) ∈ V(C1 × C0), Df(x)[i, j] = ∂f_i/∂x_j. The seed's
+example, [z0, z1, z2] = [x², xy, y²], whose derivative is
+[[2x, 0], [y, x], [0, 2y]]:
+
 >>> f = lambda v: Vector(C1, [v["x"] ** 2, v["x"] * v["y"], v["y"] ** 2])
->>> J = adcore.jacobian(f)(Vector(C0, {"x": 3.0, "y": 5.0}))
->>> J["z1", "x"], J["z1", "y"]
-(5.0, 3.0)
+>>> x = Vector(C0, {"x": 3.0, "y": 5.0})
+>>> J = adcore.jacobian(f)(x)
+>>> J
+Matrix(Named('z0', 'z1', 'z2'), Named('x', 'y'), [[6.0, 0.0], [5.0, 3.0], [0.0, 10.0]])
+>>> J["z1", "x"]
+5.0
+
+`mode="auto"` pushes the |C0| input directions forward when |C0| ≤ |C1| and
+sweeps the |C1| output rows back on one recorded tape otherwise; `"forward"`
+and `"reverse"` force a mode. Functions of numpy arrays get a Jacobian of
+shape `out.shape + in.shape`, functions of dicts one indexed by the keys, as
+with the seed's z = ax² + bxy + cy², differentiated with respect to a, b, c:
+
+>>> adcore.jacobian(f, mode="reverse")(x) == J
+True
+>>> np.asarray(adcore.jacobian(adcore.sin)(np.zeros((2, 3)))).shape
+(2, 3, 2, 3)
+>>> z = lambda p: p["a"] * p["x"] ** 2 + p["b"] * p["x"] * p["y"] + p["c"] * p["y"] ** 2
+>>> Dz = adcore.jacobian(z)({"a": 3.0, "b": 1.0, "c": -2.0, "x": 4.0, "y": -1.0})
+>>> Dz["a"], Dz["b"], Dz["c"]
+(16.0, -4.0, 1.0)
+
+**The chain rule.** The derivative of a composition is the composition of the
+derivatives, D(g ∘ f)(x) = Dg(f(x)) Df(x): a Matrix product. `adcore.compose`
+evaluates a composition and assembles its derivative this way.
+
+>>> g = lambda u: Vector(Named("s"), [u["z0"] + u["z1"] * u["z2"]])
+>>> adcore.jacobian(lambda v: g(f(v)))(x)
+Matrix(Named('s'), Named('x', 'y'), [[131.0, 225.0]])
+>>> adcore.jacobian(g)(f(x)) @ adcore.jacobian(f)(x)
+Matrix(Named('s'), Named('x', 'y'), [[131.0, 225.0]])
+>>> value, D = adcore.compose(g, f)(x)
+>>> value["s"], D["s", "y"]
+(384.0, 225.0)
+
+**Second derivatives**, exact: `hessian(f)(x)` and `hvp(f, x, v)` (reverse
+mode over forward mode, no finite differences).
+
+>>> h = lambda v: v["x"] ** 2 * v["y"]
+>>> adcore.hessian(h)(x)
+Matrix(Named('x', 'y'), Named('x', 'y'), [[10.0, 6.0], [6.0, 0.0]])
+>>> adcore.hvp(h, x, adcore.basis(C0, "x"))
+Vector(Named('x', 'y'), {'x': 10.0, 'y': 6.0})
 """
 
 from __future__ import annotations
