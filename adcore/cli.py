@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib
 import os
 import re
@@ -211,7 +212,7 @@ def trace_lines(source: str, at: Sequence[Tuple[str, float]], wrt: Sequence[str]
     steps = list(trace.steps)
     if steps:
         last = steps[-1]
-        steps[-1] = type(last)(result_name, last.rule, last.operands, last.text, last.value)
+        steps[-1] = dataclasses.replace(last, name=result_name)
     for step in steps:
         labels = [_label(ref, steps) for ref in step.operands]
         explain = None
