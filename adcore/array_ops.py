@@ -26,7 +26,7 @@ import numpy as np
 from .primitives import Primitive
 
 __all__ = ["getitem", "sum", "mean", "amax", "max", "reshape", "transpose",
-           "broadcast_to", "matmul", "concatenate", "stack", "sum_to_shape",
+           "broadcast_to", "matmul", "concatenate", "stack", "sum_to_shape", "cotangent",
            "normalize_index"]
 
 
@@ -89,6 +89,15 @@ def sum_to_shape(g: Any, shape: Sequence[int]) -> np.ndarray:
             raise ValueError(f"sum_to_shape: shape {g.shape} is not a broadcast of {shape}")
     out = g.sum(axis=axes, keepdims=True) if axes else g
     return out.reshape(shape)
+
+
+def cotangent(g: Any, out: Any) -> Any:
+    """The cotangent ``g`` in the dtype of the value it belongs to: a float32 output
+    gets float32 cotangents (float64 ones would send BLAS down a slow mixed path)."""
+    if out is not None and getattr(g, "dtype", None) == np.float64 \
+            and getattr(out, "dtype", None) == np.float32:
+        return np.asarray(g, dtype=np.float32)
+    return g
 
 
 def _zeros_tangent(k: int, x: Any, dtype: Any) -> np.ndarray:
@@ -170,6 +179,7 @@ class GetItem(Primitive):
         return np.moveaxis(np.moveaxis(dx, 0, -1)[full], -1, 0)
 
     def vjp(self, g, xs, out, needs, *, index):
+        g = cotangent(g, out)
         (x,) = xs
         g = np.asarray(g)
         shape = _shape(x)
@@ -206,6 +216,7 @@ class Sum(Primitive):
         return np.sum(dx, axis=axes, keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        g = cotangent(g, out)
         (x,) = xs
         g = np.asarray(g)
         axes = _axes(axis, _ndim(x), "sum")
@@ -234,6 +245,7 @@ class Mean(Primitive):
         return np.mean(dx, axis=axes, keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        g = cotangent(g, out)
         (x,) = xs
         g = np.asarray(g)
         axes = _axes(axis, _ndim(x), "mean")
@@ -269,6 +281,7 @@ class AMax(Primitive):
         return np.sum(dx * w, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        g = cotangent(g, out)
         (x,) = xs
         g = np.asarray(g)
         w, axes = self._weights(x, axis, g.dtype)
@@ -329,6 +342,7 @@ class Reshape(Primitive):
         return dx.reshape((dx.shape[0],) + _shape(out))
 
     def vjp(self, g, xs, out, needs, *, shape):
+        g = cotangent(g, out)
         return (_fresh(np.reshape(g, _shape(xs[0]))),)
 
 
@@ -354,6 +368,7 @@ class Transpose(Primitive):
         return dx.transpose((0,) + tuple(a + 1 for a in self._perm(x, axes)))
 
     def vjp(self, g, xs, out, needs, *, axes=None):
+        g = cotangent(g, out)
         perm = self._perm(xs[0], axes)
         return (_fresh(np.transpose(g, np.argsort(perm))),)
 
@@ -371,6 +386,7 @@ class BroadcastTo(Primitive):
         return np.broadcast_to(lifted, (k,) + tuple(shape))
 
     def vjp(self, g, xs, out, needs, *, shape):
+        g = cotangent(g, out)
         return (_fresh(sum_to_shape(g, _shape(xs[0]))),)
 
 
@@ -430,6 +446,7 @@ class MatMul(Primitive):
         return total
 
     def vjp(self, g, xs, out, needs, **params):
+        g = cotangent(g, out)
         a, b = xs
         a2, b2 = _as_matrices(a, b)
         batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -480,6 +497,7 @@ class Concatenate(Primitive):
         return np.concatenate(parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
+        g = cotangent(g, out)
         g = np.asarray(g)
         ax = _join_axis(axis, g.ndim, "concatenate")
         bounds = np.cumsum([_shape(x)[ax] for x in xs])[:-1]
@@ -502,6 +520,7 @@ class Stack(Primitive):
         return np.stack(parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
+        g = cotangent(g, out)
         g = np.asarray(g)
         ax = _join_axis(axis, g.ndim, "stack")
         return tuple(_fresh(np.take(g, i, axis=ax)) if need else None

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..array_ops import sum_to_shape
+from ..array_ops import cotangent, sum_to_shape
 from ..primitives import Primitive
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linear",
@@ -75,6 +75,7 @@ class Softmax(Primitive):
         return out * (dx - np.sum(out * dx, axis=ax, keepdims=True))
 
     def vjp(self, g, xs, out, needs, *, axis=-1):
+        g = cotangent(g, out)
         ax = _axis(axis, out.ndim, "softmax")
         return (out * (g - np.sum(g * out, axis=ax, keepdims=True)),)
 
@@ -93,6 +94,7 @@ class LogSoftmax(Primitive):
         return dx - np.sum(np.exp(out) * dx, axis=ax, keepdims=True)
 
     def vjp(self, g, xs, out, needs, *, axis=-1):
+        g = cotangent(g, out)
         ax = _axis(axis, out.ndim, "log_softmax")
         return (g - np.exp(out) * np.sum(g, axis=ax, keepdims=True),)
 
@@ -123,6 +125,7 @@ class LogSumExp(Primitive):
         return np.sum(w * dx, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
+        g = cotangent(g, out)
         x = _float(xs[0])
         axes = self._axes(axis, x.ndim)
         w = self._weights(x, out, axes, keepdims)
@@ -204,6 +207,7 @@ class CrossEntropy(Primitive):
         return np.mean(np.sum(p * dz, axis=2) - picked, axis=1)
 
     def vjp(self, g, xs, out, needs, **params):
+        g = cotangent(g, out)
         z = _float(xs[0])
         n, c = z.shape
         y = _labels(xs[1], n, c)
@@ -235,6 +239,7 @@ class MSE(Primitive):
         return two * np.sum(tot, axis=1)
 
     def vjp(self, g, xs, out, needs, **params):
+        g = cotangent(g, out)
         d = _float(xs[0]) - _float(xs[1])
         scale = np.asarray(g, dtype=d.dtype) * np.asarray(2.0 / max(d.size, 1), dtype=d.dtype)
         gd = d * scale
@@ -294,6 +299,7 @@ class Linear(Primitive):
         return tot
 
     def vjp(self, g, xs, out, needs, **params):
+        g = cotangent(g, out)
         x, w = np.asarray(xs[0]), np.asarray(xs[1])
         g = np.asarray(g)
         gx = np.matmul(g, w.T) if needs[0] else None
@@ -432,6 +438,7 @@ class Conv2d(Primitive):
         return tot
 
     def vjp(self, g, xs, out, needs, *, stride=(1, 1), padding=(0, 0)):
+        g = cotangent(g, out)
         x, w = _float(xs[0]), _float(xs[1])
         g = np.asarray(g)
         o, c, kh, kw = w.shape
@@ -502,6 +509,7 @@ class MaxPool2d(_Pool):
         return np.sum(dwin * w, axis=(5, 6))
 
     def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
+        g = cotangent(g, out)
         x = _float(xs[0])
         w = self._win_weights(x, kernel, stride, padding)
         gwin = np.asarray(g)[..., None, None] * w
@@ -529,6 +537,7 @@ class AvgPool2d(_Pool):
         return t.reshape((k,) + out.shape)
 
     def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
+        g = cotangent(g, out)
         x = _float(xs[0])
         g = np.asarray(g)
         kh, kw = kernel
@@ -575,6 +584,7 @@ class Dropout(Primitive):
         return dxs[0] * xs[1]
 
     def vjp(self, g, xs, out, needs, **params):
+        g = cotangent(g, out)
         return (sum_to_shape(np.asarray(g) * xs[1], np.shape(xs[0])), None)
 
 
