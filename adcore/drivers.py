@@ -380,21 +380,65 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _engine_matrix(g: Callable[[Any], Any], xf: np.ndarray, mode: str, m: int) -> np.ndarray:
-    """The (m, n) Jacobian of the flat function g at the flat point xf."""
+# intermediate tangent blocks of forward mode stay under this many doubles (32 MiB)
+_FORWARD_BLOCK = 1 << 22
+
+
+def _forward_matrix(g: Callable[[Any], Any], xf: np.ndarray, m_hint: int) -> np.ndarray:
+    """The (m, n) Jacobian of the flat g at xf by forward mode: the identity's
+    rows as the tangents of one DualArray (in chunks when large), the output's
+    tangents read straight off as columns."""
+    from ._dual import DualArray
+    from .dispatch import new_tag
+
     n = xf.shape[0]
-    if m == 0 or n == 0:
-        return np.zeros((m, n))
+    chunk = max(1, min(n, _FORWARD_BLOCK // max(n, m_hint, 1)))
+    blocks = []
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        seed = np.zeros((k, n))
+        seed[np.arange(k), start + np.arange(k)] = 1.0
+        tag = new_tag()
+        y = g(DualArray(xf, seed, tag))
+        blocks.append(_tangents_of(y, tag, k))
+    T = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+    return T.T
+
+
+def _tangents_of(y: Any, tag: int, k: int) -> np.ndarray:
+    """The (k, m) tangents of the flat output y with respect to differentiation tag."""
+    from ._dual import Dual, DualArray
+    from .errors import NestingError
+
+    ytag = getattr(y, "_ad_tag", None)
+    if ytag is None or ytag < tag:  # does not depend on the input
+        return np.zeros((k, int(np.size(y if ytag is None else np.asarray(y)))))
+    if type(y) is DualArray and ytag == tag:
+        return np.asarray(y.tangents, dtype=np.float64).reshape(k, -1)
+    if type(y) is Dual and ytag == tag:
+        return np.asarray(y.tangents, dtype=np.float64).reshape(k, 1)
+    if ytag == tag:
+        raise NestingError(f"jacobian: the function mixes in values of an outer "
+                           f"differentiation (it returned a {type(y).__name__}); a Jacobian "
+                           f"inside another differentiation is not supported: use "
+                           f"adcore.hessian or adcore.hvp for second derivatives")
+    raise NestingError(f"jacobian: the function returned a {type(y).__name__} of "
+                       f"differentiation {ytag}, not of this one ({tag}): a perturbation "
+                       f"escaped its differentiation")
+
+
+def _engine_matrix(g: Callable[[Any], Any], xf: np.ndarray, mode: str, m_hint: int) -> np.ndarray:
+    """The (m, n) Jacobian of the flat function g at the flat point xf."""
     if mode == "forward":
-        from .forward import jacfwd as engine
-    else:
-        from .reverse import jacrev as engine
-    J = np.asarray(engine(g)(xf), dtype=np.float64)
-    return J.reshape(m, n)
+        return _forward_matrix(g, xf, m_hint)
+    from .reverse import jacrev
+
+    J = np.asarray(jacrev(g)(xf), dtype=np.float64)
+    return J.reshape(-1, xf.shape[0])
 
 
 def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
-                  where: str) -> Tuple[_Layout, np.ndarray, Callable[[Any], Any], list]:
+                  where: str) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
     """x's layout, x as a flat float array, and g = flat f of the flat x.
 
     g records the output layout on its first call into the returned list."""
@@ -406,6 +450,13 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
     x = args[argnums]
     lin = _Layout(x, f"{where} (input)")
     xf = lin.flatten(x)
+    if _is_active(xf):
+        from .errors import NestingError
+
+        raise NestingError(f"{where}: x holds values of an outer differentiation "
+                           f"({type(xf).__name__}); a Jacobian inside another "
+                           f"differentiation is not supported: use adcore.hessian or "
+                           f"adcore.hvp for second derivatives")
     if not (isinstance(xf, np.ndarray) and xf.dtype == np.float64):
         xf = np.asarray(xf, dtype=np.float64)
     out_layout: list = []
@@ -421,21 +472,40 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
     return lin, xf, g, out_layout
 
 
+def _choose(mode: str, n: int, m: int) -> str:
+    if mode != "auto":
+        return mode
+    return "forward" if n <= m else "reverse"
+
+
+def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str,
+            m_hint: int, probe: Any = None) -> Matrix:
+    """The Jacobian Matrix; ``probe`` is f's value at x when already known."""
+    lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
+    if probe is not None:
+        out_layout.append(_Layout(probe, "jacobian (output)"))
+    n = lin.size
+    if n == 0:
+        if not out_layout:
+            out_layout.append(_Layout(f(*args), "jacobian (output)"))
+        lout = out_layout[0]
+        return Matrix._wrap(lout.coords, lin.coords, np.zeros((lout.size, 0)))
+    J = _engine_matrix(g, xf, mode, m_hint)
+    lout = out_layout[0]
+    return Matrix._wrap(lout.coords, lin.coords, J.reshape(lout.size, n))
+
+
 def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
                        argnums: int = 0) -> Callable[..., Tuple[Any, Matrix]]:
     """``(f(x), Df(x))`` with Df(x) a Matrix over (output, input) coordinates."""
     _check_mode(mode)
 
     def run(*args: Any) -> Tuple[Any, Matrix]:
-        lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
-        y = f(*args)  # the value, and |C1| for the choice of mode
-        lout = _Layout(y, "jacobian (output)")
-        out_layout.append(lout)
-        chosen = mode
-        if mode == "auto":
-            chosen = "forward" if lin.size <= lout.size else "reverse"
-        J = _engine_matrix(g, xf, chosen, lout.size)
-        return y, Matrix._wrap(lout.coords, lin.coords, J)
+        _flat_problem(f, args, argnums, "jacobian")  # validates before f runs
+        y = f(*args)
+        n = _Layout(args[argnums], "jacobian (input)").size
+        m = _Layout(y, "jacobian (output)").size
+        return y, _matrix(f, args, argnums, _choose(mode, n, m), m, probe=y)
 
     return run
 
@@ -445,33 +515,29 @@ def jacobian(f: Callable[..., Any], mode: str = "auto",
     """The derivative Df(x) in V(C1 x C0), as a Matrix (see the module docs).
 
     ``mode="auto"`` picks forward mode when |C0| <= |C1| and reverse otherwise;
-    ``"forward"`` / ``"reverse"`` force one.
+    ``"forward"`` / ``"reverse"`` force one.  To learn |C1|, auto evaluates f
+    once at the first point with a given input set and remembers the size.
     """
     _check_mode(mode)
+    out_sizes: dict = {}  # input coordinate set -> |C1| seen (auto's choice)
 
     def run(*args: Any) -> Matrix:
-        if mode == "auto":
-            x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
-            if x is not None and _Layout(x, "jacobian (input)").size <= 1:
-                return _forced(f, args, argnums, "forward")  # forward can't lose at |C0| <= 1
-            return value_and_jacobian(f, mode, argnums)(*args)[1]
-        return _forced(f, args, argnums, mode)
+        if mode != "auto":
+            return _matrix(f, args, argnums, mode, 0)
+        x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
+        lin = _Layout(x, "jacobian (input)") if x is not None else None
+        if lin is not None and lin.size <= 1:
+            return _matrix(f, args, argnums, "forward", 0)  # forward cannot lose at |C0| <= 1
+        m = out_sizes.get(lin.coords) if lin is not None else None
+        if m is None:
+            y, J = value_and_jacobian(f, "auto", argnums)(*args)
+        else:
+            J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m)
+        if lin is not None:
+            out_sizes[lin.coords] = J.out_coords.size
+        return J
 
     return run
-
-
-def _forced(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str) -> Matrix:
-    lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
-    if xf.shape[0] == 0:
-        lout = _Layout(f(*args), "jacobian (output)")
-        return Matrix._wrap(lout.coords, lin.coords, np.zeros((lout.size, 0)))
-    if mode == "forward":
-        from .forward import jacfwd as engine
-    else:
-        from .reverse import jacrev as engine
-    J = np.asarray(engine(g)(xf), dtype=np.float64)
-    lout = out_layout[0]
-    return Matrix._wrap(lout.coords, lin.coords, J.reshape(lout.size, lin.size))
 
 
 def _involves_vectors(x: Any) -> bool:

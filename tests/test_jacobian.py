@@ -177,3 +177,13 @@ def test_argnums_and_constant_outputs(mode):
     K = adcore.jacobian(lambda v: Vector(Range(2), [1.0, 2.0]), mode=mode)(
         Vector(C0, [1.0, 1.0]))
     assert K == Matrix(Range(2), C0, np.zeros((2, 2)))
+
+
+def test_jacobian_inside_another_differentiation_is_refused_not_wrong():
+    x = Vector(C0, [1.0, 2.0])
+    # f closes over a value of the outer differentiation
+    with pytest.raises(adcore.NestingError, match="outer differentiation"):
+        adcore.grad(lambda t: adcore.jacobian(lambda v: v * t, mode="forward")(x)["x", "x"])(2.0)
+    # x itself holds values of the outer differentiation
+    with pytest.raises(adcore.NestingError, match="outer differentiation"):
+        adcore.grad(lambda t: adcore.jacobian(seed_f)(Vector(C0, [t, 1.0]))["z0", "x"])(2.0)
