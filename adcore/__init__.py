@@ -28,6 +28,7 @@ from ._dual import (  # the element-wise functions, one per public rule of _rule
 # keep after the engines' imports: Vector-aware jacfwd/jacrev replace theirs
 from .drivers import (chain, compose, hessian, hvp, jacfwd, jacobian, jacrev,
                       value_and_jacobian)
+from . import nn  # adcore.nn: deep-learning operations, layers, optimizers, data
 
 __version__ = "0.1.0"
 
