@@ -76,7 +76,8 @@ def _is_zero(t: Any) -> bool:
 
 def _times(t: Any, p: Any) -> Any:
     """The contribution t * p of one tangent through a partial; exactly 0 when t == 0,
-    even if p is inf or NaN (the table's zero-tangent convention)."""
+    even if p is inf or NaN (the table's zero-tangent convention; callers skip
+    plain zero tangents and plain zero partials)."""
     if isinstance(p, float):
         if p == 1.0:
             return t
@@ -131,11 +132,10 @@ class NestedDual:
             if ts is None:
                 continue
             p = parts[i]
-            if isinstance(p, float):
-                if p == 0.0:
-                    continue
-            else:
+            if not isinstance(p, float):
                 p = p(*values, r)
+            if type(p) is float and p == 0.0:
+                continue  # a zero partial contributes exactly 0, whatever the tangent
             for j, t in enumerate(ts):
                 if _is_zero(t):
                     continue
