@@ -549,9 +549,11 @@ def _involves_vectors(x: Any) -> bool:
 
 def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
     def wrapper(f: Callable[..., Any], argnums: int = 0, **kwargs: Any) -> Callable[..., Any]:
+        returns_vectors: list = []  # remembered: f returned Vectors before
+
         def run(*args: Any) -> Any:
             x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
-            if x is not None and _involves_vectors(x):
+            if returns_vectors or (x is not None and _involves_vectors(x)):
                 return jacobian(f, mode=mode, argnums=argnums)(*args)
             seen: list = []
 
@@ -570,6 +572,7 @@ def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
             try:
                 return engine(watch, argnums=argnums, **kwargs)(*args)
             except _VectorOutput:
+                returns_vectors.append(True)
                 return jacobian(f, mode=mode, argnums=argnums)(*args)
 
         run.__name__ = f"{engine_name}({getattr(f, '__name__', 'f')})"
