@@ -481,3 +481,78 @@ def test_split_and_batches():
     assert all(len(b[0]) == 100 for b in nn.batches(xtr, ytr, 100, drop_last=True))
     with pytest.raises(ValueError, match="test_fraction"):
         nn.train_test_split(x, y, 1.5)
+
+
+# ---------------------------------------------------------------- through the engines
+
+import adcore  # noqa: E402
+from adcore import array_ops as ops  # noqa: E402
+
+_Y = np.array([1, 0, 3])
+_MASK = (np.arange(12).reshape(3, 4) % 3 != 0) * 1.5
+
+# (name, function of one array, input shape)
+ENGINE_CASES = [
+    ("getitem", lambda x: ops.getitem(x, (np.array([0, 2, 2]), slice(1, None))), (3, 4)),
+    ("sum", lambda x: ops.sum(x, axis=0), (3, 4)),
+    ("mean", lambda x: ops.mean(x, axis=(0, 1), keepdims=True), (3, 4)),
+    ("max", lambda x: ops.amax(x, axis=1), (3, 4)),
+    ("reshape", lambda x: ops.reshape(x, (2, 6)), (3, 4)),
+    ("transpose", lambda x: ops.transpose(x), (3, 4)),
+    ("broadcast_to", lambda x: ops.broadcast_to(x, (2, 3, 4)), (3, 4)),
+    ("matmul", lambda x: ops.matmul(x, np.linspace(-1, 1, 8).reshape(4, 2)), (3, 4)),
+    ("matmul batched", lambda x: ops.matmul(x.reshape(3, 1, 4), x.reshape(3, 4, 1)), (3, 4)),
+    ("concatenate", lambda x: ops.concatenate([x, 2 * x[:1]], axis=0), (3, 4)),
+    ("stack", lambda x: ops.stack([x, x[::-1]], axis=1), (3, 4)),
+    ("softmax", lambda x: F.softmax(x), (3, 4)),
+    ("log_softmax", lambda x: F.log_softmax(x, axis=0), (3, 4)),
+    ("logsumexp", lambda x: F.logsumexp(x, axis=1), (3, 4)),
+    ("cross_entropy", lambda x: F.cross_entropy(x, _Y), (3, 4)),
+    ("mse", lambda x: F.mse(x, np.ones(4)), (3, 4)),
+    ("linear", lambda x: F.linear(x, x.T, x[0, :3]), (3, 4)),
+    ("dropout", lambda x: F.dropout_apply(x, _MASK), (3, 4)),
+    ("conv2d", lambda x: F.conv2d(x, x[:1, :, :2, :2] * 1.0, None, 1, 1), (2, 2, 3, 3)),
+    ("max_pool2d", lambda x: F.max_pool2d(x, 2, 1), (1, 2, 3, 3)),
+    ("avg_pool2d", lambda x: F.avg_pool2d(x, 2, 1, 1), (1, 2, 3, 3)),
+    ("mlp", lambda x: nn.MLP([4, 5, 2], "tanh")(
+        nn.MLP([4, 5, 2]).init(np.random.default_rng(0), np.float64), x), (3, 4)),
+]
+
+
+@pytest.mark.parametrize("name,f,shape", ENGINE_CASES, ids=[c[0] for c in ENGINE_CASES])
+def test_grad_and_jvp_through_the_engines(name, f, shape):
+    """adcore.grad (the tape) and adcore.jvp (dual numbers) against finite differences."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape)
+    u = rng.standard_normal(np.shape(f(x)))
+    v = rng.standard_normal(shape)
+
+    def scalar(x):
+        return ops.sum(f(x) * u)
+
+    J = _fd_jacobian(lambda x: np.asarray(f(x)), [x], 0)
+    g = adcore.grad(scalar)(x)
+    np.testing.assert_allclose(np.ravel(g), u.ravel() @ J, rtol=1e-6, atol=1e-7)
+    out, t = adcore.jvp(f, (x,), (v,))
+    np.testing.assert_allclose(out, f(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.ravel(t), J @ v.ravel(), rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_inside_a_recorded_step_gets_new_masks_as_arguments():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+
+    def f(x, mask):
+        return ops.sum(F.dropout_apply(x, mask) ** 2)
+
+    m1 = F.dropout_mask(x.shape, 0.5, rng)
+    m2 = F.dropout_mask(x.shape, 0.5, rng)
+    assert m1.dtype == np.float32 and not np.array_equal(m1, m2)
+    tape = adcore.record(f, x, m1)
+    for m in (m1, m2):
+        gx = tape.gradient(x, m)[0]
+        np.testing.assert_allclose(gx, 2 * x * m * m, rtol=1e-6)
+    # dropout on an active value draws its mask with the value's shape and dtype
+    g = adcore.grad(lambda x: ops.sum(F.dropout(x, 0.5, np.random.default_rng(0))))(x)
+    expect = F.dropout_mask(x.shape, 0.5, np.random.default_rng(0))
+    np.testing.assert_array_equal(g, expect)

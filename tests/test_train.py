@@ -117,3 +117,16 @@ def test_plot(tmp_path, monkeypatch, capsys):
     status = T.main(["--engine", "numpy", "--epochs", "1", "--quiet", "--plot",
                      str(tmp_path / "none.png")])
     assert status == 0 and "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_limit_blas_threads_restores():
+    libs = T._openblas_libraries()
+    getters = [getattr(lib, n.replace("set_", "get_"), None) for lib in libs
+               for n in T._OPENBLAS_SETTERS if hasattr(lib, n)]
+    before = [g() for g in getters if g is not None]
+    restore = T.limit_blas_threads(1)
+    try:
+        assert all(g() == 1 for g in getters if g is not None)
+    finally:
+        restore()
+    assert [g() for g in getters if g is not None] == before

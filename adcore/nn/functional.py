@@ -24,7 +24,8 @@ from ..array_ops import cotangent, sum_to_shape
 from ..primitives import Primitive
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linear",
-           "conv2d", "max_pool2d", "avg_pool2d", "dropout", "flatten", "one_hot",
+           "conv2d", "max_pool2d", "avg_pool2d", "dropout", "dropout_mask", "dropout_apply",
+           "flatten", "one_hot",
            "pair"]
 
 
@@ -591,28 +592,43 @@ class Dropout(Primitive):
 _dropout_p = Dropout().register()
 
 
+def dropout_mask(shape: Any, rate: float, rng: np.random.Generator,
+                 dtype: Any = np.float32) -> np.ndarray:
+    """A dropout mask: 0 with probability ``rate``, else 1/(1-rate)."""
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("dropout: rng must be a numpy.random.Generator, e.g. "
+                        "numpy.random.default_rng(0)")
+    keep = rng.random(shape) >= rate
+    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
+
+
+def dropout_apply(x: Any, mask: Any) -> Any:
+    """``x * mask`` as one instruction; the mask is a constant (never differentiated).
+    Pass masks drawn by ``dropout_mask`` as arguments of a recorded step to get a
+    new mask on every replay."""
+    return _dropout_p(x, mask)
+
+
 def dropout(x: Any, rate: float, rng: Optional[np.random.Generator],
             training: bool = True) -> Any:
     """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate).
 
     ``rng`` is an explicit ``numpy.random.Generator`` (no hidden global state).
-    The mask is drawn when this is called: a recorded tape replays the mask it
-    recorded, so draw masks outside a recorded step if each replay needs new ones.
+    The mask is drawn when this is called, so a recorded tape replays the mask it
+    recorded; see ``dropout_mask`` / ``dropout_apply`` for a new mask per replay.
     """
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
     if not training or rate == 0.0:
         return x
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("dropout: rng must be a numpy.random.Generator, e.g. "
-                        "numpy.random.default_rng(0)")
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     dtype = getattr(x, "dtype", np.float64)
     dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
-    keep = rng.random(shape) >= rate
-    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
-    return _dropout_p(x, mask)
+    return _dropout_p(x, dropout_mask(shape, rate, rng, dtype))
 
 
 def flatten(x: Any, start_axis: int = 1) -> Any:
