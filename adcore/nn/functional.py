@@ -482,39 +482,82 @@ class _Pool(Primitive):
         _out_size(x.shape[3], kw, sw, pw, self.name)
 
 
+def _offsets(xp: np.ndarray, kernel, stride, ho: int, wo: int):
+    """For each window offset (a, b): the strided slice of the padded input that the
+    offset reads in every window, shape (N, C, Ho, Wo).  A loop over kh*kw slices
+    runs numpy on large blocks, not on tiny strided windows."""
+    (kh, kw), (sh, sw) = kernel, stride
+    return [xp[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+            for a in range(kh) for b in range(kw)]
+
+
+def _pool_out_shape(x, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+
+
+def _scatter(parts, shape, kernel, stride, padding):
+    """The adjoint of ``_offsets`` after padding: add each offset's cotangent back."""
+    n, c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = parts[0].shape[2:]
+    gxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=parts[0].dtype)
+    i = 0
+    for a in range(kh):
+        for b in range(kw):
+            gxp[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += parts[i]
+            i += 1
+    return gxp[:, :, ph:ph + h, pw:pw + w]
+
+
 class MaxPool2d(_Pool):
     name = "max_pool2d"
 
-    def _win_weights(self, x, kernel, stride, padding):
-        """Windows of x and each entry's share of its window's maximum."""
-        win = _windows(_pad(x, *padding, fill=-np.inf), *kernel, *stride)
-        m = win.max(axis=(4, 5), keepdims=True)
-        mask = win == m
-        w = mask / np.sum(mask, axis=(4, 5), keepdims=True).astype(x.dtype)
-        return w.astype(x.dtype, copy=False)
+    def _shares(self, x, out, kernel, stride, padding):
+        """Per offset, each window entry's share of the window's derivative: 1/(ties)
+        where it equals the maximum (a NaN maximum goes to the NaN entries)."""
+        ho, wo = out.shape[2:]
+        parts = _offsets(_pad(x, *padding, fill=-np.inf), kernel, stride, ho, wo)
+        nan_out = np.isnan(out)
+        if nan_out.any():
+            hits = [(p == out) | (nan_out & np.isnan(p)) for p in parts]
+        else:
+            hits = [p == out for p in parts]
+        count = np.zeros(out.shape, dtype=x.dtype)
+        for h in hits:
+            count += h
+        inv = np.asarray(1.0, dtype=x.dtype) / count
+        return [h * inv for h in hits]
 
     def value(self, x, *, kernel, stride, padding):
         x = _float(x)
         self._geometry(x, kernel, stride, padding)
-        win = _windows(_pad(x, *padding, fill=-np.inf), *kernel, *stride)
-        return np.ascontiguousarray(win.max(axis=(4, 5)))
+        ho, wo = _pool_out_shape(x, kernel, stride, padding)
+        parts = _offsets(_pad(x, *padding, fill=-np.inf), kernel, stride, ho, wo)
+        out = parts[0].copy()
+        for part in parts[1:]:
+            np.maximum(out, part, out=out)
+        return out
 
     def jvp(self, xs, dxs, out, *, kernel, stride, padding):
         x = _float(xs[0])
         (dx,) = dxs
         k = dx.shape[0]
-        w = self._win_weights(x, kernel, stride, padding)
-        dwin = _windows(_pad(dx.reshape((k * x.shape[0],) + x.shape[1:]), *padding),
-                        *kernel, *stride)
-        dwin = dwin.reshape((k,) + w.shape)
-        return np.sum(dwin * w, axis=(5, 6))
+        shares = self._shares(x, out, kernel, stride, padding)
+        ho, wo = out.shape[2:]
+        dparts = _offsets(_pad(dx.reshape((k * x.shape[0],) + x.shape[1:]), *padding),
+                          kernel, stride, ho, wo)
+        tot = np.zeros((k,) + out.shape, dtype=dx.dtype)
+        for dp, share in zip(dparts, shares):
+            tot += dp.reshape(tot.shape) * share
+        return tot
 
     def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
         g = cotangent(g, out)
         x = _float(xs[0])
-        w = self._win_weights(x, kernel, stride, padding)
-        gwin = np.asarray(g)[..., None, None] * w
-        return (_col2im(gwin, x.shape, *stride, *padding),)
+        g = np.asarray(g)
+        shares = self._shares(x, out, kernel, stride, padding)
+        return (_scatter([g * share for share in shares], x.shape, kernel, stride, padding),)
 
 
 class AvgPool2d(_Pool):
@@ -523,8 +566,13 @@ class AvgPool2d(_Pool):
     name = "avg_pool2d"
 
     def _pool(self, x, kernel, stride, padding):
-        win = _windows(_pad(x, *padding), *kernel, *stride)
-        return np.ascontiguousarray(win.mean(axis=(4, 5)))
+        ho, wo = _pool_out_shape(x, kernel, stride, padding)
+        parts = _offsets(_pad(x, *padding), kernel, stride, ho, wo)
+        out = parts[0].copy()
+        for part in parts[1:]:
+            out += part
+        out *= np.asarray(1.0 / (kernel[0] * kernel[1]), dtype=out.dtype)
+        return out
 
     def value(self, x, *, kernel, stride, padding):
         x = _float(x)
@@ -542,9 +590,8 @@ class AvgPool2d(_Pool):
         x = _float(xs[0])
         g = np.asarray(g)
         kh, kw = kernel
-        scale = np.asarray(1.0 / (kh * kw), dtype=g.dtype)
-        gwin = np.broadcast_to((g * scale)[..., None, None], g.shape + (kh, kw))
-        return (_col2im(gwin, x.shape, *stride, *padding),)
+        share = g * np.asarray(1.0 / (kh * kw), dtype=g.dtype)
+        return (_scatter([share] * (kh * kw), x.shape, kernel, stride, padding),)
 
 
 _max_pool2d_p = MaxPool2d().register()
