@@ -67,76 +67,11 @@ cdef inline double unpack_const(const Instr* ins) noexcept nogil:
     return c
 
 
-cdef inline void gather(const Instr* ins, const double* v, double* a) noexcept nogil:
-    cdef int ar = RULE_ARITY[ins.op]
-    if ins.flags & F_CKX:
-        a[0] = unpack_const(ins)
-        a[1] = v[ins.a0]
-    elif ins.flags & F_CKY:
-        a[0] = v[ins.a0]
-        a[1] = unpack_const(ins)
-    else:
-        a[0] = v[ins.a0]
-        if ar > 1:
-            a[1] = v[ins.a1]
-            if ar > 2:
-                a[2] = v[ins.a2]
-
-
 cdef inline bint same_value(double a, double b) noexcept nogil:
     return a == b or (isnan(a) and isnan(b))
 
 
-cdef Py_ssize_t forward_scalars(const Instr* ins, const double* rec, double* w,
-                                Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Recompute slots lo..hi-1 (no array instruction among them) into w.
-    Returns the first slot whose checked value differs from the recording, or -1."""
-    cdef Py_ssize_t i
-    cdef double a[3]
-    cdef double r
-    cdef int op
-    for i in range(lo, hi):
-        op = ins[i].op
-        if op < N_RULES:
-            gather(&ins[i], w, a)
-            r = rule_value(op, a)
-            w[i] = r
-        if ins[i].flags & F_CHECK:
-            if not same_value(w[i], rec[i]):
-                return i
-    return -1
-
-
-cdef void reverse_scalars(const Instr* ins, const double* v, double* adj,
-                          Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Accumulate adjoints down slots hi-1..lo (no array instruction among them)."""
-    cdef Py_ssize_t i
-    cdef double a[3]
-    cdef double p[3]
-    cdef double g
-    cdef int op, ar
-    cdef const Instr* e
-    i = hi - 1
-    while i >= lo:
-        e = &ins[i]
-        op = e.op
-        g = adj[i]
-        # a zero cotangent contributes exactly 0, even through an inf/nan partial
-        if op < N_RULES and g != 0.0:
-            gather(e, v, a)
-            rule_partials(op, a, v[i], p)
-            if e.flags & F_CKX:
-                adj[e.a0] += g * p[1]
-            elif e.flags & F_CKY:
-                adj[e.a0] += g * p[0]
-            else:
-                ar = RULE_ARITY[op]
-                adj[e.a0] += g * p[0]
-                if ar > 1:
-                    adj[e.a1] += g * p[1]
-                    if ar > 2:
-                        adj[e.a2] += g * p[2]
-        i -= 1
+include "_tape_sweeps.pxi"
 
 
 # ----------------------------------------------------- element-wise array kernels
@@ -254,6 +189,7 @@ cdef class Tape:
     cdef public list in_leaves      # per input leaf: (slot, shape or None, dtype str)
     cdef public object out_tree
     cdef public list out_leaves     # per output leaf: ("s"|"a", slot) or ("c", float)
+    cdef public object flat_args    # None, or the number of arguments when each is one leaf
 
     def __cinit__(self):
         self.cap = 64
@@ -852,6 +788,8 @@ cdef class Tape:
             if ga.shape != shape:
                 raise ValueError(f"cotangent of shape {ga.shape} for an output of shape {shape}")
             self._acc_array(slot, ga, out.aadj, wa)
+        elif type(g) is float:
+            out.adj[slot] += <double>g
         else:
             if np.ndim(g) != 0:
                 raise ValueError(f"cotangent of shape {np.shape(g)} for a scalar output")
@@ -900,18 +838,15 @@ cdef class Tape:
     # -- the Python face of a recorded tape ----------------------------------
     def __call__(self, *args):
         """The function's value at new arguments (replaying the recording)."""
-        from .reverse import _tape_call
-        return _tape_call(self, args)
+        return _reverse_module()._tape_call(self, args)
 
     def gradient(self, *args):
         """The gradient of the (scalar) output at new arguments, by replay."""
-        from .reverse import _tape_gradient
-        return _tape_gradient(self, args)
+        return _reverse_module()._tape_gradient(self, args)
 
     def jacobian(self, *args):
         """The Jacobian of the outputs at new arguments, by replay."""
-        from .reverse import _tape_jacobian
-        return _tape_jacobian(self, args)
+        return _reverse_module()._tape_jacobian(self, args)
 
     def to_bytes(self):
         """The tape in adcore's binary format (see ARCHITECTURE.md, "The tape")."""
@@ -972,6 +907,17 @@ cdef class Tape:
     def __repr__(self):
         state = "recording" if self.recording else "finished"
         return f"<adcore Tape: {self.n} instructions, {len(self.array_slots)} array, {state}>"
+
+
+cdef object _reverse_mod = None
+
+
+cdef object _reverse_module():
+    global _reverse_mod
+    if _reverse_mod is None:
+        from . import reverse
+        _reverse_mod = reverse
+    return _reverse_mod
 
 
 @cython.final

@@ -325,9 +325,33 @@ def record(f: Callable, *example_args: Any) -> Tape:
 
 # --- replaying a recorded tape (Tape.__call__, .gradient, .jacobian) -------------
 
+def _flat(tape: Tape, nargs: int) -> bool:
+    """Whether every positional argument of the recording is one leaf."""
+    if tape.flat_args is None:
+        td = tape.in_tree
+        if td is None:
+            return False
+        tape.flat_args = (len(td.children) if all(c.kind == "leaf" for c in td.children)
+                          else -1)
+    return tape.flat_args == nargs
+
+
 def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
     if tape.in_tree is None:
         raise TapeError("only tapes made by adcore.record can be replayed")
+    if _flat(tape, len(args)):
+        # fast path (no tree walk): plain floats and arrays of the recorded shape
+        values = []
+        for a, (slot, shape, dt) in zip(args, tape.in_leaves):
+            if shape is None and type(a) is float:
+                values.append(a)
+            elif (shape is not None and type(a) is np.ndarray and a.shape == shape
+                  and a.dtype.str == dt and a.flags.c_contiguous):
+                values.append(a)
+            else:
+                break
+        else:
+            return values
     leaves, td = flatten(tuple(args))
     if td != tape.in_tree:
         raise TypeError(f"the tape was recorded with arguments of structure {tape.in_tree!r}, "
@@ -391,6 +415,20 @@ def _tape_gradient(tape: Tape, args) -> Any:
     if kind == "a" and tape.shape_of(ref) != ():
         raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
                         f"{tape.shape_of(ref)} (use Tape.jacobian)")
+    if _flat(tape, len(args)):
+        # fast path: one leaf per argument
+        if kind == "c":
+            adj = None
+        else:
+            adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp)
+        grads = []
+        for slot, shape, dt in tape.in_leaves:
+            if shape is None:
+                grads.append(0.0 if adj is None else adj[slot])
+            else:
+                g = np.zeros(shape) if adj is None else adj.array(slot, shape)
+                grads.append(np.asarray(g, dtype=np.dtype(dt)))
+        return grads[0] if len(grads) == 1 else tuple(grads)
     groups = _groups_of(tape, len(args))
     rec = _Recording(tape, groups, None)
     if kind == "c":
