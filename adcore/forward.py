@@ -25,6 +25,38 @@ from .trees import flatten, unflatten
 __all__ = ["jvp", "derivative", "jacfwd"]
 
 
+#: tags of the forward-mode differentiations running now (to catch escaped values)
+_running: set = set()
+
+
+class _Differentiation:
+    """A fresh tag, registered as running while the function is evaluated."""
+
+    def __enter__(self) -> int:
+        self.tag = new_tag()
+        _running.add(self.tag)
+        return self.tag
+
+    def __exit__(self, *exc: Any) -> None:
+        _running.discard(self.tag)
+
+
+def _check_alive(x: Any, tag: int) -> None:
+    """Refuse forward-mode values of differentiations that have finished: their
+    perturbation escaped (e.g. through a closure) and would read as a constant."""
+    xtag = getattr(x, "_ad_tag", None)
+    if xtag is None or type(x) not in (Dual, DualArray, NestedDual):
+        return
+    if xtag != 0 and xtag != tag and xtag not in _running:
+        raise NestingError(f"a value of forward differentiation {xtag}, which has finished, "
+                           f"reached differentiation {tag}: a perturbation escaped its "
+                           f"differentiation (returned or stored from inside it)")
+    if type(x) is NestedDual:
+        _check_alive(x.value, tag)
+        for t in x.tangents:
+            _check_alive(t, tag)
+
+
 def _primal(x: Any) -> Any:
     while getattr(x, "_ad_tag", None) is not None:
         x = x.value
@@ -70,6 +102,7 @@ def _zero_like(y: Any) -> Any:
 
 def _split(y: Any, tag: int, k: int) -> Tuple[Any, List[Any]]:
     """The value of output leaf y and its k tangents with respect to differentiation tag."""
+    _check_alive(y, tag)
     ytag = getattr(y, "_ad_tag", None)
     if ytag is None or ytag < tag:
         return y, [_zero_like(y)] * k
@@ -114,22 +147,24 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     if tdef != treedef:
         raise ValueError(f"jvp: primals and tangents have different structures: "
                          f"{treedef!r} and {tdef!r}")
-    tag = new_tag()
-    seeded = []
-    for x, t in zip(leaves, tleaves):
-        shape = np.shape(_primal(x))
-        tarr = np.asarray(_plain_input(t, "jvp") if getattr(t, "_ad_tag", None) is None else t)
-        if tarr.shape != shape:
-            raise ValueError(f"jvp: a tangent of shape {tarr.shape} for a primal of "
-                             f"shape {shape}")
-        seeded.append(_seed(x, tarr[None], tag, "jvp"))
-    out = f(*unflatten(treedef, seeded))
-    oleaves, odef = flatten(out)
-    values, touts = [], []
-    for y in oleaves:
-        v, ts = _split(y, tag, 1)
-        values.append(v)
-        touts.append(ts[0])
+    with _Differentiation() as tag:
+        seeded = []
+        for x, t in zip(leaves, tleaves):
+            shape = np.shape(_primal(x))
+            if getattr(t, "_ad_tag", None) is not None:
+                raise NestingError("jvp: tangents must be plain numbers or arrays")
+            tarr = np.asarray(_plain_input(t, "jvp"))
+            if tarr.shape != shape:
+                raise ValueError(f"jvp: a tangent of shape {tarr.shape} for a primal of "
+                                 f"shape {shape}")
+            seeded.append(_seed(x, tarr[None], tag, "jvp"))
+        out = f(*unflatten(treedef, seeded))
+        oleaves, odef = flatten(out)
+        values, touts = [], []
+        for y in oleaves:
+            v, ts = _split(y, tag, 1)
+            values.append(v)
+            touts.append(ts[0])
     return unflatten(odef, values), unflatten(odef, touts)
 
 
@@ -144,10 +179,10 @@ def derivative(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if np.ndim(_primal(x)) != 0:
             raise TypeError(f"derivative: x must be a real number, got shape "
                             f"{np.shape(_primal(x))}; use jvp or jacfwd for arrays")
-        tag = new_tag()
-        y = f(_seed(x, np.ones((1,)), tag, "derivative"))
-        leaves, odef = flatten(y)
-        return unflatten(odef, [_split(leaf, tag, 1)[1][0] for leaf in leaves])
+        with _Differentiation() as tag:
+            y = f(_seed(x, np.ones((1,)), tag, "derivative"))
+            leaves, odef = flatten(y)
+            return unflatten(odef, [_split(leaf, tag, 1)[1][0] for leaf in leaves])
     return df
 
 
@@ -193,38 +228,20 @@ def jacfwd(f: Callable[..., Any], argnums: Union[int, Sequence[int]] = 0,
         odef = None
         starts = range(0, n, step) if n else [None]
         for start in starts:
-            tag = new_tag()
-            if start is None:  # no input directions: the Jacobian is empty
-                kc, seeded = 0, list(leaves)
-            else:
-                kc = min(step, n - start)
-                seeded = []
-                for x, shape, size, off in zip(leaves, shapes, sizes, offsets):
-                    rows = np.zeros((kc, size))
-                    lo, hi = max(start, off), min(start + kc, off + size)
-                    for d in range(lo, hi):
-                        rows[d - start, d - off] = 1.0
-                    seeded.append(_seed(x, rows.reshape((kc,) + shape), tag, "jacfwd"))
-            new_args = list(args)
-            picked = unflatten(treedef, seeded)
-            if isinstance(which, tuple):
-                for i, v in zip(which, picked):
-                    new_args[i] = v
-            else:
-                new_args[which] = picked
-            out = f(*new_args)
-            oleaves, this_def = flatten(out)
-            if odef is None:
-                odef = this_def
-                blocks = [[] for _ in oleaves]
-            elif this_def != odef:
-                raise ValueError("jacfwd: the function's output structure changed between "
-                                 "chunks of directions")
-            for slot, y in zip(blocks, oleaves):
-                if kc:
-                    slot.append(_stack_tangents(_split(y, tag, kc)[1]))
-                else:
-                    slot.append(np.zeros((0,) + np.shape(_primal(y))))
+            with _Differentiation() as tag:
+                out, oleaves, this_def, kc = _run_chunk(f, args, which, leaves, treedef, shapes,
+                                                        sizes, offsets, start, step, n, tag)
+                if odef is None:
+                    odef = this_def
+                    blocks = [[] for _ in oleaves]
+                elif this_def != odef:
+                    raise ValueError("jacfwd: the function's output structure changed "
+                                     "between chunks of directions")
+                for slot, y in zip(blocks, oleaves):
+                    if kc:
+                        slot.append(_stack_tangents(_split(y, tag, kc)[1]))
+                    else:
+                        slot.append(np.zeros((0,) + np.shape(_primal(y))))
         assert blocks is not None and odef is not None
         per_output = []
         for parts in blocks:
@@ -244,6 +261,31 @@ def jacfwd(f: Callable[..., Any], argnums: Union[int, Sequence[int]] = 0,
             per_output.append(unflatten(treedef, per_input))
         return unflatten(odef, per_output)
     return jac
+
+
+def _run_chunk(f, args, which, leaves, treedef, shapes, sizes, offsets, start, step, n, tag):
+    """Evaluate f once with the input directions start .. start+step seeded under tag."""
+    if start is None:  # no input directions: the Jacobian is empty
+        kc, seeded = 0, list(leaves)
+    else:
+        kc = min(step, n - start)
+        seeded = []
+        for x, shape, size, off in zip(leaves, shapes, sizes, offsets):
+            rows = np.zeros((kc, size))
+            lo, hi = max(start, off), min(start + kc, off + size)
+            for d in range(lo, hi):
+                rows[d - start, d - off] = 1.0
+            seeded.append(_seed(x, rows.reshape((kc,) + shape), tag, "jacfwd"))
+    new_args = list(args)
+    picked = unflatten(treedef, seeded)
+    if isinstance(which, tuple):
+        for i, v in zip(which, picked):
+            new_args[i] = v
+    else:
+        new_args[which] = picked
+    out = f(*new_args)
+    oleaves, this_def = flatten(out)
+    return out, oleaves, this_def, kc
 
 
 def _stack_tangents(ts: List[Any]) -> Any:
