@@ -11,6 +11,7 @@ import runpy
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 ROOT = pathlib.Path(__file__).resolve().parent
 codegen = runpy.run_path(str(ROOT / "tools" / "codegen.py"))
@@ -21,7 +22,28 @@ extensions = [
     for pyx in sorted((ROOT / "adcore").glob("*.pyx"))
 ]
 
+
+
+class build_ext(_build_ext):
+    """Compile the kernels in parallel, and link without the interpreter's own
+    -rpath (pyenv's --enable-shared Pythons put one in LDSHARED): the kernels
+    need no libpython, and a wheel must not carry a RUNPATH into the builder's
+    home."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = True  # one compiler per core
+
+    def build_extensions(self):
+        linker = getattr(self.compiler, "linker_so", None)
+        if linker:
+            self.compiler.linker_so = [a for a in linker if not a.startswith("-Wl,-rpath")]
+        super().build_extensions()
+
+
 setup(
+    cmdclass={"build_ext": build_ext},
     ext_modules=cythonize(
         extensions,
         compiler_directives=codegen["COMPILER_DIRECTIVES"],

@@ -46,4 +46,13 @@ __all__ = [
     "Dual", "DualArray", "NestedDual", "jvp", "derivative", "jacfwd",
     "Tape", "record", "load_tape", "grad", "value_and_grad", "vjp", "jacrev",
 ]
-__all__ += sorted(_ELEMENTWISE)
+# The element-wise functions (_ELEMENTWISE), spelled out: type checkers read
+# only literal lists here.  tests/test_package.py checks both lists together.
+__all__ += [
+    "abs", "acos", "acosh", "add", "asin", "asinh", "atan", "atan2", "atanh", "cbrt",
+    "ceil", "cos", "cosh", "div", "equal", "erf", "erfc", "exp", "exp2", "expm1",
+    "floor", "gelu", "greater", "greater_equal", "hypot", "less", "less_equal", "log",
+    "log10", "log1p", "log2", "maximum", "minimum", "mul", "neg", "not_equal", "pow",
+    "relu", "round", "sigmoid", "sign", "sin", "sinh", "softplus", "sqrt", "sub", "tan",
+    "tanh", "where", "xlogy",
+]
