@@ -48,7 +48,9 @@ class Matrix:
     """An element F of V(C1 x C0): the matrix of a linear map V(C0) -> V(C1)."""
 
     __slots__ = ("_out", "_in", "_data")
-    __array_priority__ = 1000
+    # numpy's operators defer to Matrix's (np.float64(2) * F stays a Matrix);
+    # numpy.asarray(F) still works through __array__
+    __array_ufunc__ = None
 
     def __init__(self, out_coords: CoordinateSet, in_coords: CoordinateSet, values: Any) -> None:
         for c in (out_coords, in_coords):

@@ -111,7 +111,8 @@ def test_matrix_arithmetic_and_identity():
     F = Matrix(C1, C0, np.arange(6.0).reshape(3, 2))
     I = adcore.identity(C0)
     assert F @ I == F
-    assert (F + F) == 2 * F == F * 2
+    assert (F + F) == 2 * F == F * 2 == np.float64(2.0) * F
+    assert isinstance(np.float64(2.0) * F, Matrix)
     assert (F - F) == Matrix(C1, C0, np.zeros((3, 2)))
     assert (-F) / 2 == F * -0.5
     with pytest.raises(CoordinateError):
