@@ -200,7 +200,10 @@ class _Layout:
             self.kind = "vector"
             self.coords = example.coords
             return
-        leaves, treedef = trees.flatten(example)
+        if isinstance(example, (float, np.ndarray)) or _is_active(example):
+            leaves, treedef = [example], trees.TreeDef("leaf")  # the common case, quickly
+        else:
+            leaves, treedef = trees.flatten(example)
         if treedef.kind == "leaf":
             self.kind = "leaf"
             self.shape = _leaf_shape(example, where)
@@ -437,18 +440,24 @@ def _engine_matrix(g: Callable[[Any], Any], xf: np.ndarray, mode: str, m_hint: i
     return J.reshape(-1, xf.shape[0])
 
 
-def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
-                  where: str) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
-    """x's layout, x as a flat float array, and g = flat f of the flat x.
-
-    g records the output layout on its first call into the returned list."""
+def _input_layout(args: Sequence[Any], argnums: int, where: str) -> _Layout:
     if not isinstance(argnums, int) or isinstance(argnums, bool):
         raise TypeError(f"{where}: argnums must be an int, not {argnums!r}")
     if not -len(args) <= argnums < len(args):
         raise ValueError(f"{where}: argnums={argnums} but f was given {len(args)} "
                          f"argument(s)")
+    return _Layout(args[argnums], f"{where} (input)")
+
+
+def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
+                  where: str, lin: Optional[_Layout] = None
+                  ) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
+    """x's layout, x as a flat float array, and g = flat f of the flat x.
+
+    g records the output layout on its first call into the returned list."""
+    if lin is None:
+        lin = _input_layout(args, argnums, where)
     x = args[argnums]
-    lin = _Layout(x, f"{where} (input)")
     xf = lin.flatten(x)
     if _is_active(xf):
         from .errors import NestingError
@@ -479,9 +488,9 @@ def _choose(mode: str, n: int, m: int) -> str:
 
 
 def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str,
-            m_hint: int, probe: Any = None) -> Matrix:
+            m_hint: int, probe: Any = None, lin: Optional[_Layout] = None) -> Matrix:
     """The Jacobian Matrix; ``probe`` is f's value at x when already known."""
-    lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian")
+    lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian", lin)
     if probe is not None:
         out_layout.append(_Layout(probe, "jacobian (output)"))
     n = lin.size
@@ -501,11 +510,10 @@ def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
     _check_mode(mode)
 
     def run(*args: Any) -> Tuple[Any, Matrix]:
-        _flat_problem(f, args, argnums, "jacobian")  # validates before f runs
+        lin = _input_layout(args, argnums, "jacobian")  # validates before f runs
         y = f(*args)
-        n = _Layout(args[argnums], "jacobian (input)").size
         m = _Layout(y, "jacobian (output)").size
-        return y, _matrix(f, args, argnums, _choose(mode, n, m), m, probe=y)
+        return y, _matrix(f, args, argnums, _choose(mode, lin.size, m), m, probe=y, lin=lin)
 
     return run
 
@@ -522,19 +530,19 @@ def jacobian(f: Callable[..., Any], mode: str = "auto",
     out_sizes: dict = {}  # input coordinate set -> |C1| seen (auto's choice)
 
     def run(*args: Any) -> Matrix:
+        lin = _input_layout(args, argnums, "jacobian")
         if mode != "auto":
-            return _matrix(f, args, argnums, mode, 0)
-        x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
-        lin = _Layout(x, "jacobian (input)") if x is not None else None
-        if lin is not None and lin.size <= 1:
-            return _matrix(f, args, argnums, "forward", 0)  # forward cannot lose at |C0| <= 1
-        m = out_sizes.get(lin.coords) if lin is not None else None
+            return _matrix(f, args, argnums, mode, 0, lin=lin)
+        if lin.size <= 1:
+            return _matrix(f, args, argnums, "forward", 0, lin=lin)  # cannot lose at |C0| <= 1
+        m = out_sizes.get(lin.coords)
         if m is None:
-            y, J = value_and_jacobian(f, "auto", argnums)(*args)
+            y = f(*args)
+            m = _Layout(y, "jacobian (output)").size
+            J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m, probe=y, lin=lin)
         else:
-            J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m)
-        if lin is not None:
-            out_sizes[lin.coords] = J.out_coords.size
+            J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m, lin=lin)
+        out_sizes[lin.coords] = J.out_coords.size
         return J
 
     return run
