@@ -187,3 +187,29 @@ def test_jacobian_inside_another_differentiation_is_refused_not_wrong():
     # x itself holds values of the outer differentiation
     with pytest.raises(adcore.NestingError, match="outer differentiation"):
         adcore.grad(lambda t: adcore.jacobian(seed_f)(Vector(C0, [t, 1.0]))["z0", "x"])(2.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_value_and_jacobian(mode):
+    x = Vector(C0, {"x": 3.0, "y": 5.0})
+    y, J = adcore.value_and_jacobian(seed_f, mode=mode)(x)
+    assert y == seed_f(x)
+    assert J == adcore.jacobian(seed_f, mode=mode)(x)
+
+
+def test_auto_remembers_the_output_size_and_stays_correct_when_it_changes():
+    calls = []
+
+    def f(v):
+        calls.append(type(v.values).__name__)
+        k = int(v["x"] > 0) * 3 + 1  # 1 output at x <= 0, 4 outputs at x > 0
+        return Vector(Range(k), [v["x"] * v["y"] * (i + 1) for i in range(k)])
+
+    J = adcore.jacobian(f)
+    low = J(Vector(C0, [-1.0, 2.0]))  # probes f, |C1| = 1 < 2: reverse
+    assert low == Matrix(Range(1), C0, [[2.0, -1.0]])
+    high = J(Vector(C0, [1.0, 2.0]))  # remembered |C1| = 1: reverse again, now 4 rows
+    assert high.out_coords == Range(4)
+    np.testing.assert_array_equal(high.values, [[2.0 * i, 1.0 * i] for i in range(1, 5)])
+    assert J(Vector(C0, [1.0, 2.0])) == high  # |C1| = 4 >= 2 remembered: forward
+    assert calls[-1] == "DualArray"
