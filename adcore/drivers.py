@@ -156,10 +156,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import trees
-from .coords import SCALAR, CoordinateSet, Named, Range, from_shape
+from .coords import CoordinateSet, Named, Range, from_shape
 from .errors import CoordinateError
 from .linear import Matrix
-from .vectors import Vector, _is_active, _is_active_array
+from .vectors import Vector, _is_active
 
 __all__ = ["jacobian", "jacfwd", "jacrev", "value_and_jacobian", "hessian", "hvp",
            "compose", "chain", "coordinates_of"]

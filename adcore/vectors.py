@@ -27,7 +27,7 @@ import numpy as np
 
 from . import dispatch
 from ._rules import BY_NAME, OPCODES
-from .coords import SCALAR, CoordinateSet
+from .coords import CoordinateSet
 from .errors import CoordinateError
 
 __all__ = ["Vector", "basis", "distance", "dot", "norm", "elementwise",
@@ -232,8 +232,10 @@ def _combine(op: int, args: Sequence[Any], n: int) -> Any:
                 boxed.append(_to_objects(a, n))
             else:
                 boxed.append(_scalar_box(a))
-        out = _object_kernel(op, len(args))(*boxed)
-        return np.asarray(out, dtype=object).reshape(n)
+        out = np.asarray(_object_kernel(op, len(args))(*boxed), dtype=object).reshape(n)
+        if not any(_is_active(x) for x in out):  # e.g. comparisons: back to the fast case
+            return np.array(out, dtype=np.float64)
+        return out
     # adcore array values (with plain arrays and scalars): whole-array kernels
     return dispatch.apply(op, list(args))
 

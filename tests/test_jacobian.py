@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import adcore
-from adcore import SCALAR, CoordinateError, Matrix, Named, Range, Vector
+from adcore import SCALAR, Matrix, Named, Range, Vector
 
 C0 = Named("x", "y")
 C1 = Named("z0", "z1", "z2")
