@@ -71,60 +71,15 @@ cdef inline bint same_value(double a, double b) noexcept nogil:
     return a == b or (isnan(a) and isnan(b))
 
 
-include "_tape_sweeps.pxi"
-
-
-# ----------------------------------------------------- element-wise array kernels
+# Element-wise array operands: float64 values with an element stride of 1 (an
+# array) or 0 (a scalar: p points at c); g is the adjoint target or NULL.
 cdef struct EwArg:
-    const char* p       # values (NULL: the constant c)
+    const double* p
     double c
-    bint f32
-    Py_ssize_t st       # element stride: 0 (a scalar broadcast) or 1
-    double* g           # adjoint target (float64) or NULL when not needed
+    Py_ssize_t st
+    double* g
 
-
-cdef inline double ld(const EwArg* e, Py_ssize_t i) noexcept nogil:
-    if e.p == NULL:
-        return e.c
-    if e.f32:
-        return (<const float*>e.p)[i * e.st]
-    return (<const double*>e.p)[i * e.st]
-
-
-cdef void ew_value(int op, int ar, const EwArg* e, char* out, bint of32,
-                   Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int k
-    cdef double a[3]
-    cdef double r
-    for i in range(n):
-        for k in range(ar):
-            a[k] = ld(&e[k], i)
-        r = rule_value(op, a)
-        if of32:
-            (<float*>out)[i] = <float>r
-        else:
-            (<double*>out)[i] = r
-
-
-cdef void ew_reverse(int op, int ar, const EwArg* e, const char* out, bint of32,
-                     const double* gout, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int k
-    cdef double a[3]
-    cdef double p[3]
-    cdef double g, r
-    for i in range(n):
-        g = gout[i]
-        if g == 0.0:
-            continue
-        for k in range(ar):
-            a[k] = ld(&e[k], i)
-        r = (<const float*>out)[i] if of32 else (<const double*>out)[i]
-        rule_partials(op, a, r, p)
-        for k in range(ar):
-            if e[k].g != NULL:
-                e[k].g[i * e[k].st] += g * p[k]
+include "_tape_sweeps.pxi"
 
 
 # ------------------------------------------------------------ per-thread state
@@ -478,45 +433,44 @@ cdef class Tape:
 
     cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
                       Py_ssize_t n) except -1:
+        """Fill the kernel operands; float32 arrays are read through float64 copies."""
         cdef int k
         for k in range(len(refs)):
             kind, ref = refs[k]
             e[k].g = NULL
-            e[k].f32 = False
-            e[k].st = 1
             e[k].c = 0.0
-            e[k].p = NULL
+            e[k].st = 0
+            e[k].p = &e[k].c
             if kind == "a":
                 arr = arrays[ref]
-                # the kernel reads n elements of float32/float64: make sure of it
+                # the kernel reads n contiguous doubles: make sure of it
                 if (not isinstance(arr, np.ndarray) or arr.size != n
-                        or (arr.dtype != _f32 and arr.dtype != _f64)
-                        or not arr.flags.c_contiguous):
-                    raise TapeError(f"element-wise operand {k} is not a contiguous float "
-                                    f"array of {n} elements")
+                        or (arr.dtype != _f32 and arr.dtype != _f64)):
+                    raise TapeError(f"element-wise operand {k} is not a float array of "
+                                    f"{n} elements")
+                arr = np.ascontiguousarray(arr, np.float64)
                 keep.append(arr)
-                e[k].p = <const char*><size_t>arr.ctypes.data
-                e[k].f32 = arr.dtype == _f32
+                e[k].p = <const double*><size_t>arr.ctypes.data
+                e[k].st = 1
             elif kind == "s":
                 e[k].c = vals[<Py_ssize_t>ref]
-                e[k].st = 0
             else:
                 e[k].c = ref
-                e[k].st = 0
         return 0
 
     cdef int _ew_run(self, int op, tuple refs, object out, double* vals, dict arrays) except -1:
         cdef EwArg e[3]
         keep = []
-        if out.dtype != _f32 and out.dtype != _f64 or not out.flags.c_contiguous:
+        if (out.dtype != _f32 and out.dtype != _f64) or not out.flags.c_contiguous:
             raise TapeError("element-wise result is not a contiguous float array")
-        self._ew_args(refs, e, vals, arrays, keep, out.size)
-        cdef char* po = <char*><size_t>out.ctypes.data
-        cdef bint of32 = out.dtype == _f32
         cdef Py_ssize_t n = out.size
-        cdef int ar = RULE_ARITY[op]
+        self._ew_args(refs, e, vals, arrays, keep, n)
+        res = out if out.dtype == _f64 else np.empty(out.shape, np.float64)
+        cdef double* po = <double*><size_t>res.ctypes.data
         with nogil:
-            ew_value(op, ar, e, po, of32, n)
+            ew_value(op, e, po, n)
+        if res is not out:
+            out[...] = res
         return 0
 
     def _primitive(self, prim, args, params):
@@ -637,9 +591,8 @@ cdef class Tape:
         cdef EwArg e[3]
         cdef int k, op, ar
         cdef Py_ssize_t n
-        cdef const char* po
+        cdef const double* po
         cdef const double* pg
-        cdef bint of32
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
         if kind in ("input", "const"):
@@ -669,7 +622,8 @@ cdef class Tape:
             refs = desc[2]
             keep = []
             out = wa[s]
-            self._ew_args(refs, e, w, wa, keep, out.size)
+            n = out.size
+            self._ew_args(refs, e, w, wa, keep, n)
             for k in range(ar):
                 kind2, ref = refs[k]
                 if kind2 == "a" and self._needs(ref):
@@ -680,14 +634,13 @@ cdef class Tape:
                 elif kind2 == "s" and self._needs(ref):
                     e[k].g = &adj[<Py_ssize_t>ref]
             gc = np.ascontiguousarray(g, np.float64)
-            n = out.size
-            if gc.size != n or (out.dtype != _f32 and out.dtype != _f64):
+            od = np.ascontiguousarray(out, np.float64)
+            if gc.size != n or od.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
-            po = <const char*><size_t>out.ctypes.data
+            po = <const double*><size_t>od.ctypes.data
             pg = <const double*><size_t>gc.ctypes.data
-            of32 = out.dtype == _f32
             with nogil:
-                ew_reverse(op, ar, e, po, of32, pg, n)
+                ew_reverse(op, e, po, pg, n)
         else:
             prim, params, refs = desc[1], dict(desc[2]), desc[3]
             xs = []
