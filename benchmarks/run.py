@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""adcore's benchmarks: each workload of issues 2-5 timed in adcore and in the
+peer libraries that are installed, as a ratio to a baseline measured in the
+same process (plain Python floats, numpy, scipy's hand-written derivatives, or
+hand-written numpy backprop).
+
+    python benchmarks/run.py                  # everything (~10 minutes)
+    python benchmarks/run.py --quick          # fewer, shorter repetitions
+    python benchmarks/run.py --only sgd       # workloads whose name contains "sgd"
+    python benchmarks/run.py --impl adcore    # only the adcore rows
+    python benchmarks/run.py --list           # the workloads and implementations
+
+Method (DESIGN.md, "Benchmarking on these machines"): one thread for BLAS,
+OpenMP, XLA and torch; each (workload, implementation) runs in its own
+process; ~16 MiB is allocated and freed before timing; the candidate and the
+baseline are timed alternately in batches and the figure is the median of the
+per-pair ratios.  A result is checked against an independent reference before
+it is timed.  Peers that are not installed are skipped with the reason.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from _timing import one_thread_env  # noqa: E402  (no numpy yet: the child sets threads first)
+
+RESULT = "@@result "
+PEERS = {"jax jit": "jax", "torch": "torch", "autograd": "autograd", "ad": "ad",
+         "uncertainties": "uncertainties"}
+SETTINGS = {
+    # pairs of (candidate batch, baseline batch), seconds per batch, cap per case
+    "quick": {"pairs": 7, "batch_s": 0.005, "budget_s": 1.5, "timeout": 240},
+    "full": {"pairs": 21, "batch_s": 0.02, "budget_s": 8.0, "timeout": 600},
+}
+
+
+# ------------------------------------------------------------------ one case (child)
+
+def run_case(name, label, mode):
+    os.environ.update(one_thread_env())
+    res = {"workload": name, "impl": label}
+    try:
+        import traceback
+
+        from _timing import compare, limit_threads, warm_allocator
+        from workloads import BY_NAME, CheckFailed, Skip
+
+        w = BY_NAME[name]
+        factory = dict(w.impls)[label]
+        res["threads"] = limit_threads()
+        warm_allocator()
+        try:
+            ctx = w.setup()
+            case = factory(ctx)
+            limit_threads()                     # pools a peer library brought in
+            out = case.probe()
+            res["note"] = case.note
+            if w.kind == "value":
+                res.update(status="ok", value=float(out))
+                return res
+            if w.check is not None:
+                w.check(ctx, out)
+            base = case.baseline or w.baseline(ctx)
+            s = SETTINGS[mode]
+            res.update(compare(case.fn, base, s["pairs"], s["batch_s"], s["budget_s"]))
+            res["baseline_label"] = case.baseline_label or w.baseline_label
+            res["status"] = "ok"
+        except Skip as e:
+            res.update(status="skipped", reason=str(e))
+        except CheckFailed as e:
+            res.update(status="wrong", reason=str(e))
+        except Exception as e:                              # an API that exists but fails
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{os.path.basename(tb.filename)}:{tb.lineno}"
+            msg = str(e).splitlines()[0] if str(e) else ""
+            res.update(status="error", reason=f"{type(e).__name__}: {msg} ({where})")
+    except Exception as e:
+        res.update(status="error", reason=f"harness: {type(e).__name__}: {e}")
+    return res
+
+
+# ------------------------------------------------------------------ the report (parent)
+
+def fmt_time(t, ops=None):
+    if ops:
+        return f"{t / ops * 1e9:.1f} ns/op"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if t >= scale or unit == "ns":
+            v = t / scale
+            return f"{v:.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
+
+
+def verdict(w, r):
+    if w.target_max is None or not r["impl"].startswith("adcore"):
+        return ""
+    x = r["value"] if w.kind == "value" else r["ratio"]
+    return "meets" if x <= w.target_max else "MISSES"
+
+
+def row_text(w, r):
+    head = f"    {r['impl']:<26}"
+    if r["status"] != "ok":
+        word = {"skipped": "skipped", "wrong": "WRONG RESULT", "error": "failed"}[r["status"]]
+        return f"{head}{word}: {r['reason']}"
+    note = f"   {r['note']}" if r.get("note") else ""
+    if w.kind == "value":
+        return f"{head}{r['value']:>10.1f} {w.unit:<6}{'':40}{verdict(w, r):<7}{note}"
+    return (f"{head}{fmt_time(r['t_cand'], w.ops):>13}  vs {r['baseline_label']:<18}"
+            f"{fmt_time(r['t_base'], w.ops):>13} {r['ratio']:>9.2f}x  {verdict(w, r):<7}"
+            f"{note}")
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def versions():
+    from importlib import metadata
+    out = []
+    for dist in ("numpy", "scipy", "autograd", "jax", "torch", "ad", "uncertainties",
+                 "threadpoolctl"):
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist} -")
+    return ", ".join(out)
+
+
+def adcore_where(env):
+    code = ("import adcore, os; print(adcore.__version__, "
+            "os.path.dirname(os.path.abspath(adcore.__file__)))")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if p.returncode:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        return f"not importable ({tail})"
+    return p.stdout.strip()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    ap.add_argument("--only", action="append", default=[],
+                    help="workloads whose name contains NAME (repeatable, or comma-separated)")
+    ap.add_argument("--impl", action="append", default=[],
+                    help="implementations whose label contains LABEL (e.g. adcore, torch)")
+    ap.add_argument("--out", help="also write the report to this file")
+    ap.add_argument("--list", action="store_true", help="list workloads and implementations")
+    ap.add_argument("--case", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+
+    if args.case:
+        print(RESULT + json.dumps(run_case(args.case[0], args.case[1], mode)), flush=True)
+        return 0
+
+    from workloads import WORKLOADS
+
+    only = [s for o in args.only for s in o.split(",") if s]
+    impls = [s for o in args.impl for s in o.split(",") if s]
+    chosen = [w for w in WORKLOADS if not only or any(s in w.name for s in only)]
+    if not chosen:
+        ap.error(f"no workload matches {only}; see --list")
+    if args.list:
+        for w in WORKLOADS:
+            print(f"{w.name:<18} {w.title}  [{', '.join(l for l, _ in w.impls)}]")
+        return 0
+
+    env = one_thread_env()
+    lines = []
+    out = open(args.out, "w") if args.out else None
+
+    def emit(s=""):
+        print(s, flush=True)
+        lines.append(s)
+        if out:
+            out.write(s + "\n")
+            out.flush()
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = " ".join(["python", "benchmarks/run.py"] + (argv if argv is not None else sys.argv[1:]))
+    emit(f"adcore benchmarks, {now}")
+    emit(f"command:  {cmd}")
+    emit(f"machine:  {machine()}")
+    emit(f"python:   {platform.python_version()} ({sys.executable})")
+    emit(f"adcore:   {adcore_where(env)}")
+    emit(f"peers:    {versions()}")
+    emit("method:   one thread (BLAS/OpenMP/XLA/torch); each row in its own process; 16 MiB "
+         "allocated+freed first;")
+    emit(f"          candidate and baseline timed alternately, {SETTINGS[mode]['pairs']} pairs "
+         f"of ~{SETTINGS[mode]['batch_s'] * 1e3:.0f} ms batches (fewer for slow rows), "
+         "median per-call times, ratio = median of per-pair ratios;")
+    emit("          every result checked against an independent reference before timing.")
+    t_start = time.time()
+    results = []
+    issue = None
+    for w in chosen:
+        if w.issue != issue:
+            issue = w.issue
+            emit()
+            emit(f"== {issue} ==")
+        tgt = f" (target {w.target})" if w.target else ""
+        emit(f"  {w.name}: {w.title}{tgt}")
+        for label, _ in w.impls:
+            if impls and not any(s in label for s in impls):
+                continue
+            try:
+                p = subprocess.run([sys.executable, os.path.abspath(__file__), "--case",
+                                    w.name, label] + (["--quick"] if args.quick else []),
+                                   env=env, capture_output=True, text=True,
+                                   timeout=SETTINGS[mode]["timeout"])
+                found = [ln for ln in p.stdout.splitlines() if ln.startswith(RESULT)]
+                if found:
+                    r = json.loads(found[-1][len(RESULT):])
+                else:
+                    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                    r = {"workload": w.name, "impl": label, "status": "error",
+                         "reason": f"process exited {p.returncode}: {tail}"}
+            except subprocess.TimeoutExpired:
+                r = {"workload": w.name, "impl": label, "status": "error",
+                     "reason": f"timed out after {SETTINGS[mode]['timeout']} s"}
+            results.append((w, r))
+            emit(row_text(w, r))
+
+    emit()
+    emit("Summary (adcore rows with a target):")
+    emit(f"  {'workload':<18} {'implementation':<26} {'ratio':>10}  {'target':<12} verdict")
+    for w, r in results:
+        if r["impl"].startswith("adcore") and w.target and r["status"] == "ok":
+            x = (f"{r['value']:.1f} {w.unit}" if w.kind == "value" else f"{r['ratio']:.2f}x")
+            emit(f"  {w.name:<18} {r['impl']:<26} {x:>10}  {w.target:<12} {verdict(w, r)}")
+    emit(f"\n{len(results)} rows in {time.time() - t_start:.0f} s")
+    if out:
+        out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
