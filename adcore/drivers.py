@@ -155,9 +155,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import trees
+from . import forward, reverse, trees
+from ._dual import Dual, DualArray
 from .coords import CoordinateSet, Named, Range, from_shape
-from .errors import CoordinateError
+from .dispatch import new_tag
+from .errors import CoordinateError, NestingError
 from .linear import Matrix
 from .vectors import Vector, _is_active
 
@@ -232,35 +234,40 @@ class _Layout:
         return self.coords.size
 
     # -- structure -> flat
-    def flatten(self, x: Any) -> Any:
-        """A 1-D buffer of x's values: float64 when plain, else an adcore array."""
+    def pieces(self, x: Any) -> List[Any]:
+        """x's values, checked against this layout, one piece per leaf in order: a
+        Vector's buffer (float64, object or adcore array) or the leaf itself."""
         if self.kind == "vector":
             if not isinstance(x, Vector) or x.coords != self.coords:
                 raise CoordinateError(f"{self.where}: expected a Vector over {self.coords!r}, "
                                       f"got {_describe(x)}")
-            return _vector_buffer(x)
+            return [x.values]
         if self.kind == "leaf":
             shape = _leaf_shape(x, self.where)
             if shape != self.shape:
                 raise ValueError(f"{self.where}: expected shape {self.shape}, got {shape}")
-            return _ravel(x)
+            return [x]
         leaves, treedef = trees.flatten(x)
         if treedef != self.treedef:
             raise ValueError(f"{self.where}: the structure changed from {self.treedef!r} "
                              f"to {treedef!r}")
-        pieces = []
+        out = []
         for (kind, meta, _), leaf in zip(self.leaf_info, leaves):
             if kind == "vector":
                 if not isinstance(leaf, Vector) or leaf.coords != meta:
                     raise CoordinateError(f"{self.where}: expected a Vector over {meta!r}, "
                                           f"got {_describe(leaf)}")
-                pieces.append(_vector_buffer(leaf))
+                out.append(leaf.values)
             else:
                 if _leaf_shape(leaf, self.where) != meta:
                     raise ValueError(f"{self.where}: expected shape {meta}, got "
                                      f"{_leaf_shape(leaf, self.where)}")
-                pieces.append(_ravel(leaf))
-        return _concat(pieces)
+                out.append(leaf)
+        return out
+
+    def flatten(self, x: Any) -> Any:
+        """A 1-D buffer of x's values: float64 when plain, else an adcore array."""
+        return _concat([_as_buffer(p) for p in self.pieces(x)])
 
     @property
     def scalar_leaves(self) -> bool:
@@ -318,11 +325,10 @@ def _object_buffer(items: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def _vector_buffer(v: Vector) -> Any:
-    d = v.values
-    if isinstance(d, np.ndarray) and d.dtype == object:
-        return _stack_scalars(list(d))
-    return d
+def _as_buffer(piece: Any) -> Any:
+    if isinstance(piece, np.ndarray) and piece.dtype == object:
+        return _stack_scalars(list(piece.reshape(-1)))
+    return _ravel(piece)
 
 
 def _stack_scalars(items: List[Any]) -> Any:
@@ -385,34 +391,24 @@ def _check_mode(mode: str) -> str:
 
 # intermediate tangent blocks of forward mode stay under this many doubles (32 MiB)
 _FORWARD_BLOCK = 1 << 22
+# inputs up to this size may travel as separate scalars (see _scalar_mode)
+_SCALAR_MAX = 256
 
 
-def _forward_matrix(g: Callable[[Any], Any], xf: np.ndarray, m_hint: int) -> np.ndarray:
-    """The (m, n) Jacobian of the flat g at xf by forward mode: the identity's
-    rows as the tangents of one DualArray (in chunks when large), the output's
-    tangents read straight off as columns."""
-    from ._dual import DualArray
-    from .dispatch import new_tag
-
-    n = xf.shape[0]
-    chunk = max(1, min(n, _FORWARD_BLOCK // max(n, m_hint, 1)))
-    blocks = []
-    for start in range(0, n, chunk):
-        k = min(chunk, n - start)
-        seed = np.zeros((k, n))
-        seed[np.arange(k), start + np.arange(k)] = 1.0
-        tag = new_tag()
-        y = g(DualArray(xf, seed, tag))
-        blocks.append(_tangents_of(y, tag, k))
-    T = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
-    return T.T
+def _scalar_mode(lin: _Layout) -> bool:
+    """Whether x's coordinates travel as separate scalars (Duals / tape scalars)
+    rather than as one flat array.  Numbers and named coordinates are read one at
+    a time (``v["x"]``), which scalars do without an indexing operation each;
+    ranges are tensors, whose element-wise arithmetic one array does at once."""
+    if not lin.scalar_leaves or lin.size > _SCALAR_MAX:
+        return False
+    if lin.kind != "vector":
+        return True
+    return lin.size <= 8 or any(isinstance(c, Named) for c in lin.coords.factors)
 
 
 def _tangents_of(y: Any, tag: int, k: int) -> np.ndarray:
-    """The (k, m) tangents of the flat output y with respect to differentiation tag."""
-    from ._dual import Dual, DualArray
-    from .errors import NestingError
-
+    """The (k, size) tangents of an output piece y for differentiation tag."""
     ytag = getattr(y, "_ad_tag", None)
     if ytag is None or ytag < tag:  # does not depend on the input
         return np.zeros((k, int(np.size(y if ytag is None else np.asarray(y)))))
@@ -430,14 +426,74 @@ def _tangents_of(y: Any, tag: int, k: int) -> np.ndarray:
                        f"escaped its differentiation")
 
 
-def _engine_matrix(g: Callable[[Any], Any], xf: np.ndarray, mode: str, m_hint: int) -> np.ndarray:
-    """The (m, n) Jacobian of the flat function g at the flat point xf."""
-    if mode == "forward":
-        return _forward_matrix(g, xf, m_hint)
-    from .reverse import jacrev
+def _forward_rows(pieces: List[Any], tag: int, k: int) -> np.ndarray:
+    """The (m, k) block of the Jacobian that k directions give, from f's pieces."""
+    rows = []
+    for p in pieces:
+        if isinstance(p, np.ndarray) and p.dtype == object:
+            block = np.zeros((p.size, k))
+            for i, e in enumerate(p.reshape(-1)):
+                if type(e) is Dual and e.tag == tag:
+                    block[i] = e.tangents
+                elif type(e) is not float:
+                    block[i] = _tangents_of(e, tag, k)[:, 0]
+            rows.append(block)
+        else:
+            rows.append(_tangents_of(p, tag, k).T)
+    if not rows:
+        return np.zeros((0, k))
+    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
-    J = np.asarray(jacrev(g)(xf), dtype=np.float64)
-    return J.reshape(-1, xf.shape[0])
+
+def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray,
+                    m_hint: int) -> np.ndarray:
+    """The (m, n) Jacobian by forward mode: the identity's rows as tangents -- of
+    n scalar Duals, or of one DualArray (in chunks when large) -- and the
+    output's tangents read straight off as columns."""
+    n = xf.shape[0]
+    if _scalar_mode(lin):
+        tag = new_tag()
+        eye = np.eye(n)
+        items = [Dual(float(xf[i]), eye[i], tag) for i in range(n)]
+        return _forward_rows(call(lin.unflatten_scalars(items)), tag, n)
+    chunk = max(1, min(n, _FORWARD_BLOCK // max(n, m_hint, 1)))
+    blocks = []
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        seed = np.zeros((k, n))
+        seed[np.arange(k), start + np.arange(k)] = 1.0
+        tag = new_tag()
+        blocks.append(_forward_rows(call(lin.unflatten(DualArray(xf, seed, tag))), tag, k))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+
+
+def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray
+                    ) -> np.ndarray:
+    """The (m, n) Jacobian by reverse mode: one recording, one sweep per row
+    (reverse.jacrev), with x as n tape scalars or as one recorded array."""
+    n = xf.shape[0]
+    scalars = _scalar_mode(lin)
+
+    def leaves_of(inp: Any) -> List[Any]:
+        x = lin.unflatten_scalars(inp) if scalars else lin.unflatten(inp)
+        leaves: List[Any] = []
+        for p in call(x):
+            if isinstance(p, np.ndarray) and p.dtype == object:
+                leaves.extend(p.reshape(-1).tolist())
+            else:
+                leaves.append(p)
+        return leaves
+
+    blocks = reverse.jacrev(leaves_of)([float(t) for t in xf] if scalars else xf)
+    rows = []
+    for b in blocks:
+        if scalars:  # one entry per input scalar, each of the output leaf's shape
+            rows.append(np.array([np.asarray(e, dtype=np.float64).reshape(-1) for e in b]).T)
+        else:
+            rows.append(np.asarray(b, dtype=np.float64).reshape(-1, n))
+    if not rows:
+        return np.zeros((0, n))
+    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
 
 def _input_layout(args: Sequence[Any], argnums: int, where: str) -> _Layout:
@@ -452,16 +508,14 @@ def _input_layout(args: Sequence[Any], argnums: int, where: str) -> _Layout:
 def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
                   where: str, lin: Optional[_Layout] = None
                   ) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
-    """x's layout, x as a flat float array, and g = flat f of the flat x.
-
-    g records the output layout on its first call into the returned list."""
+    """x's layout, x as a flat float array, and g: f of x (in x's structure) as
+    a list of output pieces; g records the output layout on its first call into
+    the returned list."""
     if lin is None:
         lin = _input_layout(args, argnums, where)
     x = args[argnums]
     xf = lin.flatten(x)
     if _is_active(xf):
-        from .errors import NestingError
-
         raise NestingError(f"{where}: x holds values of an outer differentiation "
                            f"({type(xf).__name__}); a Jacobian inside another "
                            f"differentiation is not supported: use adcore.hessian or "
@@ -470,13 +524,14 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
         xf = np.asarray(xf, dtype=np.float64)
     out_layout: list = []
 
-    def g(buf: Any) -> Any:
+    def g(x_struct: Any) -> List[Any]:
+        """f's output pieces at x rebuilt in its structure (f's other args fixed)."""
         call = list(args)
-        call[argnums] = lin.unflatten(buf)
+        call[argnums] = x_struct
         y = f(*call)
         if not out_layout:
             out_layout.append(_Layout(y, f"{where} (output)"))
-        return out_layout[0].flatten(y)
+        return out_layout[0].pieces(y)
 
     return lin, xf, g, out_layout
 
@@ -499,7 +554,7 @@ def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str,
             out_layout.append(_Layout(f(*args), "jacobian (output)"))
         lout = out_layout[0]
         return Matrix._wrap(lout.coords, lin.coords, np.zeros((lout.size, 0)))
-    J = _engine_matrix(g, xf, mode, m_hint)
+    J = _forward_matrix(lin, g, xf, m_hint) if mode == "forward" else _reverse_matrix(lin, g, xf)
     lout = out_layout[0]
     return Matrix._wrap(lout.coords, lin.coords, J.reshape(lout.size, n))
 
@@ -573,10 +628,7 @@ def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
                     raise _VectorOutput()
                 return y
 
-            if engine_name == "jacfwd":
-                from .forward import jacfwd as engine
-            else:
-                from .reverse import jacrev as engine
+            engine = forward.jacfwd if engine_name == "jacfwd" else reverse.jacrev
             try:
                 return engine(watch, argnums=argnums, **kwargs)(*args)
             except _VectorOutput:
@@ -681,18 +733,15 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
     the gradient by forward mode (all n directions in one pass)."""
 
     def run(*args: Any) -> Matrix:
-        from .forward import jacfwd as fwd
-        from .reverse import jacrev as rev
-
         lin, xf, s = _scalar_problem(f, args, argnums, "hessian")
         n = lin.size
         if n == 0:
             return Matrix._wrap(lin.coords, lin.coords, np.zeros((0, 0)))
 
         def gradient(buf: Any) -> Any:
-            return fwd(s)(buf)
+            return forward.jacfwd(s)(buf)
 
-        H = np.asarray(rev(gradient)(xf), dtype=np.float64).reshape(n, n)
+        H = np.asarray(reverse.jacrev(gradient)(xf), dtype=np.float64).reshape(n, n)
         # exactly symmetric in exact arithmetic; rounding may differ in the last bit
         H = 0.5 * (H + H.T)
         return Matrix._wrap(lin.coords, lin.coords, H)
@@ -704,9 +753,6 @@ def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
     """The Hessian-vector product H(x) v of a scalar f, exact, in x's structure:
     the gradient of x -> Df(x) v (reverse over forward: one forward pass with
     recorded values, one reverse sweep)."""
-    from .forward import jvp
-    from .reverse import grad
-
     lin, xf, s = _scalar_problem(f, (x,), 0, "hvp")
     if isinstance(x, Vector) and not (isinstance(v, Vector) and v.coords == x.coords):
         raise CoordinateError(f"hvp: x is a Vector over {x.coords!r} but v is "
@@ -718,7 +764,7 @@ def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
         vt = vf
 
     def directional(buf: Any) -> Any:
-        return jvp(s, (buf,), (vt,))[1]
+        return forward.jvp(s, (buf,), (vt,))[1]
 
-    hv = np.asarray(grad(directional)(xf), dtype=np.float64).reshape(lin.size)
+    hv = np.asarray(reverse.grad(directional)(xf), dtype=np.float64).reshape(lin.size)
     return lin.unflatten(hv)

@@ -6,8 +6,10 @@ import pytest
 import adcore
 from adcore import SCALAR, CoordinateError, Matrix, Named, Range, Vector
 
+# small and named sets travel through the drivers as scalars, larger ranges as
+# one array (drivers._scalar_mode): both kinds meet in the compositions
 SETS = [Range(1), Range(3), Named("x", "y"), Named("p", "q", "r", "s"),
-        Range(2) * Named("a", "b"), SCALAR]
+        Range(2) * Named("a", "b"), SCALAR, Range(12), Range(3) * Range(4)]
 ACTIVATIONS = [("sin", np.sin, np.cos), ("tanh", np.tanh, lambda s: 1 - np.tanh(s) ** 2),
                ("exp", np.exp, np.exp), ("softplus", lambda s: np.log1p(np.exp(s)),
                                          lambda s: 1 / (1 + np.exp(-s)))]
@@ -30,7 +32,7 @@ def random_map(rng, cin, cout):
     return f, df
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_random_compositions(seed):
     rng = np.random.default_rng(seed)
     c0, c1, c2 = (SETS[i] for i in rng.integers(len(SETS), size=3))
@@ -87,3 +89,20 @@ def test_mismatched_chains_name_both_sets():
         adcore.chain(Jg, np.ones((1, 2)))
     with pytest.raises(TypeError):
         adcore.chain()
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_scalar_and_array_transport_agree(mode, monkeypatch):
+    rng = np.random.default_rng(5)
+    c0, c1 = Named("p", "q", "r", "s"), Range(3) * Range(4)
+    f, df = random_map(rng, c0, c1)
+    g, dg = random_map(rng, c1, c0)
+    x = Vector(c0, rng.standard_normal(4))
+    h = lambda v: g(f(v)) * v  # noqa: E731
+    as_scalars = adcore.jacobian(h, mode=mode)(x)
+    monkeypatch.setattr(adcore.drivers, "_SCALAR_MAX", 0)  # one array instead
+    as_array = adcore.jacobian(h, mode=mode)(x)
+    assert as_scalars.allclose(as_array, rtol=1e-13, atol=1e-15)
+    # D(g(f(v)) * v) = diag(v) Dg Df + diag(g(f(v)))
+    D = (dg(f(x)) @ df(x)).values * x.values[:, None] + np.diag(g(f(x)).values)
+    np.testing.assert_allclose(as_scalars.values, D, rtol=1e-12, atol=1e-14)
