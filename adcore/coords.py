@@ -302,6 +302,15 @@ SCALAR: CoordinateSet = Product()
 
 def from_shape(shape: Any) -> CoordinateSet:
     """The coordinate set of a numpy shape: a product of ranges (``()`` is SCALAR)."""
-    if isinstance(shape, (int,)) and not isinstance(shape, bool):
+    if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
-    return Product(*(Range(n) for n in shape))
+    shape = tuple(shape)
+    found = _shape_sets.get(shape)
+    if found is None:
+        found = Product(*(Range(n) for n in shape))
+        if len(_shape_sets) < 1024:  # sets are immutable: share them
+            _shape_sets[shape] = found
+    return found
+
+
+_shape_sets: Dict[Tuple[Any, ...], CoordinateSet] = {}

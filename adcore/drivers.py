@@ -172,15 +172,13 @@ _MODES = ("auto", "forward", "reverse")
 # ---------------------------------------------------------------- layouts
 
 def _leaf_shape(x: Any, where: str) -> Tuple[int, ...]:
-    if isinstance(x, (bool, np.bool_)):
-        return ()
-    if isinstance(x, (int, float, np.integer, np.floating)):
-        return ()
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{where}: an array of dtype {x.dtype} is not differentiable "
                             f"(real numbers only)")
-        return tuple(x.shape)
+        return x.shape
+    if isinstance(x, (float, int, np.floating, np.integer, np.bool_)):  # bool is an int
+        return ()
     if _is_active(x):
         return tuple(getattr(x, "shape", ()))
     if isinstance(x, complex):
@@ -460,8 +458,11 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
     blocks = []
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
-        seed = np.zeros((k, n))
-        seed[np.arange(k), start + np.arange(k)] = 1.0
+        if k == n:
+            seed = np.eye(n)
+        else:
+            seed = np.zeros((k, n))
+            seed[np.arange(k), start + np.arange(k)] = 1.0
         tag = new_tag()
         blocks.append(_forward_rows(call(lin.unflatten(DualArray(xf, seed, tag))), tag, k))
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
