@@ -821,11 +821,31 @@ cdef class Tape:
                        ("a2", "<i4")])
         ins = np.empty(self.n, dt)
         val = np.empty(self.n, "<f8")
+        cdef int16_t[::1] o
+        cdef uint16_t[::1] f
+        cdef int32_t[::1] x0, x1, x2
+        cdef double[::1] v
         cdef Py_ssize_t i
-        for i in range(self.n):
-            ins[i] = (self.ins[i].op, self.ins[i].flags, self.ins[i].a0, self.ins[i].a1,
-                      self.ins[i].a2)
-            val[i] = self.val[i]
+        if self.n:
+            o = np.empty(self.n, np.int16)
+            f = np.empty(self.n, np.uint16)
+            x0 = np.empty(self.n, np.int32)
+            x1 = np.empty(self.n, np.int32)
+            x2 = np.empty(self.n, np.int32)
+            v = np.empty(self.n, np.float64)
+            for i in range(self.n):
+                o[i] = self.ins[i].op
+                f[i] = self.ins[i].flags
+                x0[i] = self.ins[i].a0
+                x1[i] = self.ins[i].a1
+                x2[i] = self.ins[i].a2
+                v[i] = self.val[i]
+            ins["op"] = o
+            ins["flags"] = f
+            ins["a0"] = x0
+            ins["a1"] = x1
+            ins["a2"] = x2
+            val[:] = v
         return ins, val, list(self.aux), dict(self.avals)
 
     def _import(self, ops, flags, a0, a1, a2, val, aux, avals):
