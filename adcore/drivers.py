@@ -158,7 +158,6 @@ import numpy as np
 from . import forward, reverse, trees
 from ._dual import Dual, DualArray
 from .coords import CoordinateSet, Named, Range, from_shape
-from .dispatch import new_tag
 from .errors import CoordinateError, NestingError
 from .linear import Matrix
 from .vectors import Vector, _is_active
@@ -449,11 +448,13 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
     n scalar Duals, or of one DualArray (in chunks when large) -- and the
     output's tangents read straight off as columns."""
     n = xf.shape[0]
+    # each pass is a forward differentiation registered as running (forward.py),
+    # so differentiations nested inside f accept its values
     if _scalar_mode(lin):
-        tag = new_tag()
-        eye = np.eye(n)
-        items = [Dual(float(xf[i]), eye[i], tag) for i in range(n)]
-        return _forward_rows(call(lin.unflatten_scalars(items)), tag, n)
+        with forward._Differentiation() as tag:
+            eye = np.eye(n)
+            items = [Dual(float(xf[i]), eye[i], tag) for i in range(n)]
+            return _forward_rows(call(lin.unflatten_scalars(items)), tag, n)
     chunk = max(1, min(n, _FORWARD_BLOCK // max(n, m_hint, 1)))
     blocks = []
     for start in range(0, n, chunk):
@@ -463,8 +464,8 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
         else:
             seed = np.zeros((k, n))
             seed[np.arange(k), start + np.arange(k)] = 1.0
-        tag = new_tag()
-        blocks.append(_forward_rows(call(lin.unflatten(DualArray(xf, seed, tag))), tag, k))
+        with forward._Differentiation() as tag:
+            blocks.append(_forward_rows(call(lin.unflatten(DualArray(xf, seed, tag))), tag, k))
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 

@@ -213,3 +213,16 @@ def test_auto_remembers_the_output_size_and_stays_correct_when_it_changes():
     np.testing.assert_array_equal(high.values, [[2.0 * i, 1.0 * i] for i in range(1, 5)])
     assert J(Vector(C0, [1.0, 2.0])) == high  # |C1| = 4 >= 2 remembered: forward
     assert calls[-1] == "Dual"
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("coords", [C0, Range(9)])  # scalar and array transport
+def test_forward_differentiation_nested_inside_a_jacobian(mode, coords):
+    first, second = coords.coord_at(0), coords.coord_at(1)
+
+    def f(v):  # d/dt (t^2 v0) at t = v1 is 2 v0 v1
+        return Vector(Named("d"), [adcore.derivative(lambda t: t * t * v[first])(v[second])])
+
+    values = np.arange(3.0, 3.0 + coords.size)
+    J = adcore.jacobian(f, mode=mode)(Vector(coords, values))
+    assert J["d", first] == 2 * values[1] and J["d", second] == 2 * values[0]
