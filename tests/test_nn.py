@@ -426,6 +426,23 @@ def test_sgd():
         nn.SGD(0.1).step({"w": 1.0}, {"w": 1.0})
     with pytest.raises(ValueError, match="momentum"):
         nn.SGD(0.1, momentum=1.5)
+    with pytest.raises(ValueError, match="structure"):
+        nn.SGD(0.1).step({"w": np.zeros(2)}, {"v": np.zeros(2)})
+
+
+def test_optimizers_on_other_trees():
+    import collections
+
+    Pair = collections.namedtuple("Pair", "w b")
+    p = Pair(np.ones(2), np.ones(1))
+    nn.SGD(0.5).step(p, Pair(np.ones(2), np.zeros(1)))
+    np.testing.assert_allclose(p.w, [0.5, 0.5])
+    np.testing.assert_allclose(p.b, [1.0])
+    opt = nn.Adam(0.1)
+    q = (np.ones(3), [np.ones((2, 2))])
+    opt.step(q, (np.ones(3), [np.ones((2, 2))]))
+    with pytest.raises(ValueError, match="first step"):
+        opt.step((np.ones(3), [np.ones((2, 3))]), (np.ones(3), [np.ones((2, 3))]))
 
 
 def test_adam():

@@ -9,8 +9,9 @@ parameters keep float32 state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -19,41 +20,76 @@ from ..trees import flatten
 __all__ = ["SGD", "Adam"]
 
 
+def _zip_leaves(p: Any, g: Any, out: List[Tuple[Any, Any]]) -> bool:
+    """Pairs of (parameter, gradient) leaves of two dict/list/tuple trees walked
+    together; False when the trees hold other nodes or differ in structure (the
+    caller then takes the general, slower path through adcore.trees)."""
+    tp = type(p)
+    if tp is dict:
+        if type(g) is not dict or p.keys() != g.keys():
+            return False
+        for k in p:
+            if not _zip_leaves(p[k], g[k], out):
+                return False
+        return True
+    if tp is list or tp is tuple:
+        if type(g) is not tp or len(p) != len(g):
+            return False
+        for a, b in zip(p, g):
+            if not _zip_leaves(a, b, out):
+                return False
+        return True
+    if p is None or isinstance(p, (dict, list, tuple)) or dataclasses.is_dataclass(p):
+        return False                      # namedtuples, dict subclasses, dataclasses, None
+    out.append((p, g))
+    return True
+
+
 class _Optimizer:
     def __init__(self) -> None:
-        self._treedef = None
+        self._shapes: Optional[List[Tuple[int, ...]]] = None
         self.steps = 0
 
-    def _leaves(self, params: Any, grads: Any):
-        p_leaves, p_def = flatten(params)
-        g_leaves, g_def = flatten(grads)
-        if p_def != g_def:
-            raise ValueError(f"{type(self).__name__}.step: gradients have the structure "
-                             f"{g_def!r} but the parameters {p_def!r}")
-        for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
-            if not isinstance(p, np.ndarray) or not p.flags.writeable:
-                raise TypeError(f"{type(self).__name__}.step: parameter leaf {i} must be a "
-                                f"writable numpy array (it is updated in place), got "
-                                f"{type(p).__name__}")
+    def _leaves(self, params: Any, grads: Any) -> List[Tuple[Any, Any]]:
+        name = type(self).__name__
+        pairs: List[Tuple[Any, Any]] = []
+        if not _zip_leaves(params, grads, pairs):
+            p_leaves, p_def = flatten(params)
+            g_leaves, g_def = flatten(grads)
+            if p_def != g_def:
+                raise ValueError(f"{name}.step: gradients have the structure "
+                                 f"{g_def!r} but the parameters {p_def!r}")
+            pairs = list(zip(p_leaves, g_leaves))
+        shapes = self._shapes
+        if shapes is not None and len(shapes) != len(pairs):
+            raise ValueError(f"{name}.step: the parameters changed structure since the first "
+                             f"step ({len(shapes)} arrays then, {len(pairs)} now); use a new "
+                             f"optimizer")
+        for i, (p, g) in enumerate(pairs):
+            if type(p) is not np.ndarray or not p.flags.writeable:
+                raise TypeError(f"{name}.step: parameter leaf {i} must be a writable numpy "
+                                f"array (it is updated in place), got {type(p).__name__}")
             if np.shape(g) != p.shape:
-                raise ValueError(f"{type(self).__name__}.step: gradient leaf {i} has shape "
-                                 f"{np.shape(g)} but the parameter has {p.shape}")
-        if self._treedef is None:
-            self._treedef = p_def
-            self._init_state(p_leaves)
-        elif p_def != self._treedef:
-            raise ValueError(f"{type(self).__name__}.step: the parameters changed structure "
-                             f"since the first step; use a new optimizer")
-        return p_leaves, g_leaves
+                raise ValueError(f"{name}.step: gradient leaf {i} has shape {np.shape(g)} "
+                                 f"but the parameter has {p.shape}")
+            if shapes is not None and shapes[i] != p.shape:
+                raise ValueError(f"{name}.step: parameter leaf {i} has shape {p.shape}, it had "
+                                 f"{shapes[i]} at the first step; use a new optimizer")
+        if shapes is None:
+            self._shapes = [p.shape for p, _ in pairs]
+            self._init_state([p for p, _ in pairs])
+        return pairs
 
     def _init_state(self, leaves: List[np.ndarray]) -> None:
         pass
 
     def step(self, params: Any, grads: Any) -> Any:
-        p_leaves, g_leaves = self._leaves(params, grads)
+        pairs = self._leaves(params, grads)
         self.steps += 1
-        for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
-            self._update(i, p, np.asarray(g, dtype=p.dtype))
+        for i, (p, g) in enumerate(pairs):
+            if type(g) is not np.ndarray or g.dtype != p.dtype:
+                g = np.asarray(g, dtype=p.dtype)
+            self._update(i, p, g)
         return params
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:
