@@ -157,6 +157,7 @@ import numpy as np
 
 from . import forward, reverse, trees
 from ._dual import Dual, DualArray
+from .nested import NestedDual
 from .coords import CoordinateSet, Named, Range, from_shape
 from .errors import CoordinateError, NestingError
 from .linear import Matrix
@@ -729,21 +730,59 @@ def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
     return lin, xf, s
 
 
+def _directional_part(y: Any, tag: int) -> Any:
+    """The tangent of f's scalar output y for the forward differentiation tag."""
+    ytag = getattr(y, "_ad_tag", None)
+    if ytag is None or ytag < tag:
+        return 0.0  # f does not depend on x
+    if type(y) is NestedDual and ytag == tag:
+        return y.tangents[0]
+    if type(y) in (Dual, DualArray) and ytag == tag:
+        return float(np.asarray(y.tangents).reshape(-1)[0])
+    raise NestingError(f"hessian: f returned a {type(y).__name__} of another "
+                       f"differentiation (tag {ytag})")
+
+
 def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
     """The Hessian of a scalar f as a Matrix over C0 x C0, exact: reverse over
-    forward, i.e. the Jacobian (one recorded tape, one reverse sweep per row) of
-    the gradient by forward mode (all n directions in one pass)."""
+    forward.  The directional derivative (x, v) -> Df(x) v is recorded once on a
+    tape, with both x and v as inputs (a forward pass whose tangents are recorded
+    values); row i is the gradient in x of that tape replayed at v = 1_i: one C
+    replay and one reverse sweep per row, no re-recording."""
 
     def run(*args: Any) -> Matrix:
         lin, xf, s = _scalar_problem(f, args, argnums, "hessian")
         n = lin.size
         if n == 0:
             return Matrix._wrap(lin.coords, lin.coords, np.zeros((0, 0)))
+        scalars = isinstance(xf, list)
 
-        def gradient(buf: Any) -> Any:
-            return forward.jacfwd(s)(buf)
+        def directional(x: Any, v: Any) -> Any:
+            with forward._Differentiation() as tag:
+                if scalars:
+                    seeded: Any = [NestedDual(xi, [vi], tag) for xi, vi in zip(x, v)]
+                else:
+                    seeded = NestedDual(x, [v], tag)
+                return _directional_part(s(seeded), tag)
 
-        H = np.asarray(reverse.jacrev(gradient)(xf), dtype=np.float64).reshape(n, n)
+        eye = np.eye(n)
+        basis_of = (lambda i: [float(t) for t in eye[i]]) if scalars else (lambda i: eye[i])
+        tape = reverse.record(directional, xf, basis_of(0))
+        H = np.zeros((n, n))
+        kind, ref = tape.out_leaves[0]
+        if kind != "c":  # else f is linear in x or constant: H = 0
+            # replay at the input leaves directly (x's leaves, then v's), one sweep per row
+            leaves_x = len(xf) if scalars else 1
+            x_slots = [slot for slot, _, _ in tape.in_leaves[:leaves_x]]
+            seed = {ref: 1.0 if kind == "s" else np.ones(())}
+            for i in range(n):
+                v_leaves = basis_of(i) if scalars else [eye[i]]
+                adj = tape.backward(seed, _work=tape.replay(list(xf if scalars else [xf])
+                                                             + v_leaves))
+                if scalars:
+                    H[i] = [adj[slot] for slot in x_slots]
+                else:
+                    H[i] = np.asarray(adj.array(x_slots[0], (n,)), dtype=np.float64)
         # exactly symmetric in exact arithmetic; rounding may differ in the last bit
         H = 0.5 * (H + H.T)
         return Matrix._wrap(lin.coords, lin.coords, H)

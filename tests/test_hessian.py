@@ -105,3 +105,14 @@ def test_errors():
         adcore.hessian(lambda v: v * 2.0)(x)
     with pytest.raises(CoordinateError, match=r"Named\('x', 'y'\)"):
         adcore.hvp(lambda v: v.dot(v), x, Vector(Range(2), [1.0, 0.0]))
+
+
+def test_hessian_of_linear_and_quadratic_forms():
+    C = Named("a", "b", "c")
+    A = np.array([[2.0, 1.0, 0.0], [1.0, -3.0, 0.5], [0.0, 0.5, 4.0]])
+    quad = lambda v: 0.5 * v.dot(adcore.Matrix(C, C, A) @ v) + v.sum()  # noqa: E731
+    x = Vector(C, [0.3, -0.2, 1.5])
+    assert np.array_equal(np.asarray(adcore.hessian(quad)(x)), A)
+    linear = lambda v: 3.0 * v["a"] - v["c"]  # noqa: E731
+    assert np.array_equal(np.asarray(adcore.hessian(linear)(x)), np.zeros((3, 3)))
+    assert adcore.hvp(linear, x, x) == Vector(C, [0.0, 0.0, 0.0])
