@@ -24,8 +24,9 @@ Jacobians with their coordinate sets checked.
 ``hessian(f)(x)`` and ``hvp(f, x, v)`` are exact (no finite differences):
 reverse over forward.  ``hvp`` is the gradient of x -> Df(x) v, one forward
 pass carrying recorded values (adcore.nested.NestedDual) and one reverse sweep;
-``hessian`` pushes all n directions through one forward pass on one recorded
-tape, then sweeps it back once per row.
+``hessian`` records (x, v) -> Df(x) v once, with v a tape input as well, and
+replays that tape at v = 1_i for row i: one C replay and one reverse sweep per
+row, no re-recording.
 
 ``jacfwd`` and ``jacrev`` here are the engines' (forward.py, reverse.py) made
 aware of coordinate sets: a function of a Vector, or returning one, gets a
