@@ -167,13 +167,14 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
                          f"logits, got {y.shape}")
     if y.dtype.kind not in "iu":
         # a tape may hand integer labels back as floats: accept exact integers only
-        if y.dtype.kind != "f" or not np.array_equal(y, np.floor(y)):
+        yi = y.astype(np.intp) if y.dtype.kind == "f" else None
+        if yi is None or not np.array_equal(yi, y):
             raise ValueError("cross_entropy: labels must be integers (class indices)")
-        y = y.astype(np.intp)
-    lo, hi = y.min(), y.max()
-    if lo < 0 or hi >= classes:
+        y = yi
+    # one reduction checks both bounds: negative labels wrap to huge unsigned values
+    if y.astype(np.intp, copy=False).view(np.uintp).max() >= classes:
         raise ValueError(f"cross_entropy: labels must lie in 0..{classes - 1}, got "
-                         f"values from {lo} to {hi}")
+                         f"values from {y.min()} to {y.max()}")
     return y
 
 
@@ -196,14 +197,16 @@ class CrossEntropy(Primitive):
         _check_logits(z)
         n, c = z.shape
         y = _labels(labels, n, c)
-        m = z.max(axis=1)
-        if not np.isfinite(m).all():   # rows of -inf or inf/nan: the careful path
-            return (_lse(z, 1, False) - z[np.arange(n), y]).mean()
-        e = np.exp(z - m[:, None])
-        lse = np.log(e.sum(axis=1))
-        lse += m
-        lse -= z[np.arange(n), y]
-        return lse.mean()
+        picked = z[np.arange(n), y]
+        e = z - z.max(axis=1, keepdims=True)
+        np.exp(e, out=e)
+        loss = np.log(e.sum(axis=1))
+        loss += z.max(axis=1)
+        loss -= picked
+        out = loss.sum() * loss.dtype.type(1.0 / n)
+        if not np.isfinite(out):  # inf logits: the careful logsumexp decides inf or nan
+            out = (_lse(z, 1, False) - picked).sum() * loss.dtype.type(1.0 / n)
+        return out
 
     def jvp(self, xs, dxs, out, **params):
         z = _float(xs[0])
@@ -219,10 +222,13 @@ class CrossEntropy(Primitive):
         z = _float(xs[0])
         n, c = z.shape
         y = _labels(xs[1], n, c)
-        p = _softmax(z, 1)
-        p[np.arange(n), y] -= 1
-        scale = np.asarray(g, dtype=p.dtype) / np.asarray(n, dtype=p.dtype)
-        return (p * scale, None)
+        # g * (softmax(z) - onehot(y)) / n, the scale folded into the normalization
+        e = z - z.max(axis=1, keepdims=True)
+        np.exp(e, out=e)
+        scale = np.asarray(g, dtype=e.dtype) * e.dtype.type(1.0 / n)
+        e *= (scale / e.sum(axis=1))[:, None]
+        e[np.arange(n), y] -= scale
+        return (e, None)
 
 
 class MSE(Primitive):
