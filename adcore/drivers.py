@@ -152,7 +152,7 @@ Vector(Named('x', 'y'), {'x': 10.0, 'y': 6.0})
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -500,16 +500,45 @@ def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
     return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
 
-def _input_layout(args: Sequence[Any], argnums: int, where: str) -> _Layout:
-    if not isinstance(argnums, int) or isinstance(argnums, bool):
-        raise TypeError(f"{where}: argnums must be an int, not {argnums!r}")
-    if not -len(args) <= argnums < len(args):
-        raise ValueError(f"{where}: argnums={argnums} but f was given {len(args)} "
-                         f"argument(s)")
-    return _Layout(args[argnums], f"{where} (input)")
+Argnums = Union[int, Tuple[int, ...]]
 
 
-def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
+def _check_argnums(args: Sequence[Any], argnums: Any, where: str) -> None:
+    nums = argnums if isinstance(argnums, tuple) else (argnums,)
+    if not nums:
+        raise ValueError(f"{where}: argnums is an empty tuple")
+    for i in nums:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise TypeError(f"{where}: argnums must be an int or a tuple of ints, "
+                            f"not {argnums!r}")
+        if not -len(args) <= i < len(args):
+            raise ValueError(f"{where}: argnums={argnums} but f was given {len(args)} "
+                             f"argument(s)")
+
+
+def _selected(args: Sequence[Any], argnums: Argnums) -> Any:
+    """The differentiated argument; a tuple of them for a tuple of argnums."""
+    if isinstance(argnums, tuple):
+        return tuple(args[i] for i in argnums)
+    return args[argnums]
+
+
+def _substituted(args: Sequence[Any], argnums: Argnums, x: Any) -> List[Any]:
+    call = list(args)
+    if isinstance(argnums, tuple):
+        for i, xi in zip(argnums, x):
+            call[i] = xi
+    else:
+        call[argnums] = x
+    return call
+
+
+def _input_layout(args: Sequence[Any], argnums: Argnums, where: str) -> _Layout:
+    _check_argnums(args, argnums, where)
+    return _Layout(_selected(args, argnums), f"{where} (input)")
+
+
+def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
                   where: str, lin: Optional[_Layout] = None
                   ) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
     """x's layout, x as a flat float array, and g: f of x (in x's structure) as
@@ -517,7 +546,7 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
     the returned list."""
     if lin is None:
         lin = _input_layout(args, argnums, where)
-    x = args[argnums]
+    x = _selected(args, argnums)
     xf = lin.flatten(x)
     if _is_active(xf):
         raise NestingError(f"{where}: x holds values of an outer differentiation "
@@ -530,9 +559,7 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
 
     def g(x_struct: Any) -> List[Any]:
         """f's output pieces at x rebuilt in its structure (f's other args fixed)."""
-        call = list(args)
-        call[argnums] = x_struct
-        y = f(*call)
+        y = f(*_substituted(args, argnums, x_struct))
         if not out_layout:
             out_layout.append(_Layout(y, f"{where} (output)"))
         return out_layout[0].pieces(y)
@@ -546,7 +573,7 @@ def _choose(mode: str, n: int, m: int) -> str:
     return "forward" if n <= m else "reverse"
 
 
-def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str,
+def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums, mode: str,
             m_hint: int, probe: Any = None, lin: Optional[_Layout] = None) -> Matrix:
     """The Jacobian Matrix; ``probe`` is f's value at x when already known."""
     lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian", lin)
@@ -564,7 +591,7 @@ def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: int, mode: str,
 
 
 def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
-                       argnums: int = 0) -> Callable[..., Tuple[Any, Matrix]]:
+                       argnums: Argnums = 0) -> Callable[..., Tuple[Any, Matrix]]:
     """``(f(x), Df(x))`` with Df(x) a Matrix over (output, input) coordinates."""
     _check_mode(mode)
 
@@ -578,7 +605,7 @@ def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
 
 
 def jacobian(f: Callable[..., Any], mode: str = "auto",
-             argnums: int = 0) -> Callable[..., Matrix]:
+             argnums: Argnums = 0) -> Callable[..., Matrix]:
     """The derivative Df(x) in V(C1 x C0), as a Matrix (see the module docs).
 
     ``mode="auto"`` picks forward mode when |C0| <= |C1| and reverse otherwise;
@@ -615,11 +642,15 @@ def _involves_vectors(x: Any) -> bool:
 
 
 def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
-    def wrapper(f: Callable[..., Any], argnums: int = 0, **kwargs: Any) -> Callable[..., Any]:
+    def wrapper(f: Callable[..., Any], argnums: Argnums = 0, **kwargs: Any) -> Callable[..., Any]:
         returns_vectors: list = []  # remembered: f returned Vectors before
 
         def run(*args: Any) -> Any:
-            x = args[argnums] if isinstance(argnums, int) and -len(args) <= argnums < len(args) else None
+            try:
+                _check_argnums(args, argnums, engine_name)
+                x = _selected(args, argnums)
+            except (TypeError, ValueError):
+                x = None  # the engine reports bad argnums in its own words
             if returns_vectors or (x is not None and _involves_vectors(x)):
                 return jacobian(f, mode=mode, argnums=argnums)(*args)
             seen: list = []
@@ -701,7 +732,7 @@ def compose(*fs: Callable[[Any], Any], mode: str = "auto") -> Callable[[Any], Tu
 
 # ---------------------------------------------------------------- second derivatives
 
-def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
+def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
                     where: str) -> Tuple[_Layout, Any, Callable[[Any], Any]]:
     """x's layout, x flat, and s = scalar f of flat x.
 
@@ -713,9 +744,8 @@ def _scalar_problem(f: Callable[..., Any], args: Sequence[Any], argnums: int,
         xf = [float(t) for t in xf]
 
     def s(buf: Any) -> Any:
-        call = list(args)
-        call[argnums] = lin.unflatten_scalars(buf) if scalars else lin.unflatten(buf)
-        y = f(*call)
+        x_struct = lin.unflatten_scalars(buf) if scalars else lin.unflatten(buf)
+        y = f(*_substituted(args, argnums, x_struct))
         if isinstance(y, Vector):
             if y.size != 1:
                 raise ValueError(f"{where}: f must return a scalar, got a Vector over "
@@ -744,7 +774,7 @@ def _directional_part(y: Any, tag: int) -> Any:
                        f"differentiation (tag {ytag})")
 
 
-def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Matrix]:
+def hessian(f: Callable[..., Any], argnums: Argnums = 0) -> Callable[..., Matrix]:
     """The Hessian of a scalar f as a Matrix over C0 x C0, exact: reverse over
     forward.  The directional derivative (x, v) -> Df(x) v is recorded once on a
     tape, with both x and v as inputs (a forward pass whose tangents are recorded

@@ -226,3 +226,19 @@ def test_forward_differentiation_nested_inside_a_jacobian(mode, coords):
     values = np.arange(3.0, 3.0 + coords.size)
     J = adcore.jacobian(f, mode=mode)(Vector(coords, values))
     assert J["d", first] == 2 * values[1] and J["d", second] == 2 * values[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_several_arguments_at_once(mode):
+    def f(a, v, scale):
+        return Vector(Named("u", "w"), [a * v["x"], v["y"] * scale + a])
+
+    J = adcore.jacobian(f, mode=mode, argnums=(0, 1))(2.0, Vector(C0, [3.0, 5.0]), 10.0)
+    # a tuple of arguments is a tree: its coordinates are (position, coordinate)
+    assert J.in_coords == Named(0, (1, "x"), (1, "y"))
+    assert J["u", 0] == 3.0 and J["u", (1, "x")] == 2.0 and J["u", (1, "y")] == 0.0
+    assert J["w", 0] == 1.0 and J["w", (1, "y")] == 10.0
+    H = adcore.hessian(lambda a, b: a * a * b, argnums=(0, 1))(2.0, 3.0)
+    np.testing.assert_array_equal(np.asarray(H), [[6.0, 4.0], [4.0, 0.0]])
+    with pytest.raises(ValueError, match="empty tuple"):
+        adcore.jacobian(f, argnums=())(2.0, Vector(C0, [3.0, 5.0]), 10.0)
