@@ -119,6 +119,32 @@ def row_text(w, r):
             f"{note}")
 
 
+def markdown(results):
+    """One line per workload: the baseline, adcore's ratios, the target, the peers'."""
+    rows = {}
+    for w, r in results:
+        rows.setdefault(w.name, (w, []))[1].append(r)
+    out = ["| workload | baseline | adcore | target | peers |", "|---|---|---|---|---|"]
+    for w, rs in rows.values():
+        ok = [r for r in rs if r["status"] == "ok"]
+        base = next((f"{r['baseline_label']}, {fmt_time(r['t_base'], w.ops)}"
+                     for r in ok if "t_base" in r and r["impl"].startswith("adcore")),
+                    w.baseline_label)
+
+        def cell(r, name):
+            if r["status"] != "ok":
+                return f"{name}: {'wrong' if r['status'] == 'wrong' else r['status']}"
+            x = f"{r['value']:.1f} {w.unit}" if w.kind == "value" else f"{r['ratio']:.2f}x"
+            return f"{name} {x}".strip()
+        ad = [cell(r, r["impl"][len("adcore"):].strip(" ()")) for r in rs
+              if r["impl"].startswith("adcore")]
+        peers = [cell(r, r["impl"]) for r in rs if not r["impl"].startswith("adcore")
+                 and r["status"] == "ok"]
+        out.append(f"| {w.title} | {base} | {'; '.join(ad) or '-'} | {w.target or '-'} | "
+                   f"{'; '.join(peers) or '-'} |")
+    return out
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -161,7 +187,9 @@ def main(argv=None):
     ap.add_argument("--only", action="append", default=[],
                     help="workloads whose name contains NAME (repeatable, or comma-separated)")
     ap.add_argument("--impl", action="append", default=[],
-                    help="implementations whose label contains LABEL (e.g. adcore, torch)")
+                    help="implementations whose label (or its first word) is LABEL: "
+                         "adcore, torch, jax, autograd, ad, uncertainties")
+    ap.add_argument("--markdown", help="also write the summary as a markdown table here")
     ap.add_argument("--out", help="also write the report to this file")
     ap.add_argument("--list", action="store_true", help="list workloads and implementations")
     ap.add_argument("--case", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
@@ -220,7 +248,7 @@ def main(argv=None):
         tgt = f" (target {w.target})" if w.target else ""
         emit(f"  {w.name}: {w.title}{tgt}")
         for label, _ in w.impls:
-            if impls and not any(s in label for s in impls):
+            if impls and not any(label == s or label.split()[0] == s for s in impls):
                 continue
             try:
                 p = subprocess.run([sys.executable, os.path.abspath(__file__), "--case",
@@ -247,6 +275,15 @@ def main(argv=None):
         if r["impl"].startswith("adcore") and w.target and r["status"] == "ok":
             x = (f"{r['value']:.1f} {w.unit}" if w.kind == "value" else f"{r['ratio']:.2f}x")
             emit(f"  {w.name:<18} {r['impl']:<26} {x:>10}  {w.target:<12} {verdict(w, r)}")
+    md = markdown(results)
+    emit()
+    emit("Summary as a table (ratio to the baseline; lower is better):")
+    emit()
+    for line in md:
+        emit(line)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(md) + "\n")
     emit(f"\n{len(results)} rows in {time.time() - t_start:.0f} s")
     if out:
         out.close()

@@ -518,33 +518,55 @@ def sweep_check(ctx, out):
 
 # ---- bytes of tape per scalar operation ------------------------------------------
 
-def _rss():
+def _malloc_in_use():
+    """Bytes the C allocator has handed out (glibc's mallinfo2), or None.  The
+    tape's arrays come from malloc; Python objects mostly from pymalloc arenas."""
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * 4096
-    except OSError:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
         return None
+
+    def in_use():
+        m = libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+    return in_use
 
 
 def tape_bytes_adcore(ctx):
+    import gc
     adcore, record = adcore_api("record", "sin", "exp")[:2]
     f, sin, exp = ctx["f"], adcore.sin, adcore.exp
     tape = record(lambda x0, x1, x2, x3: f(x0, x1, x2, x3, sin, exp), *P.PROGRAM_INPUTS)
     n = len(tape)
     per_op = tape.nbytes / n
-    note = (f"{tape.nbytes} bytes in use for {n} instructions; capacity {tape.capacity} "
-            f"slots = {tape.capacity * tape.nbytes / n / n:.1f} bytes/op allocated")
-    # dropping a big tape gives its memory back (measured on the process's RSS)
-    rounds = 25
-    r0 = _rss()
-    big = record(lambda x0, x1, x2, x3: sum(
-        f(x0 + k * 1e-9, x1, x2, x3, sin, exp) for k in range(rounds)), *P.PROGRAM_INPUTS)
-    r1 = _rss()
-    del big
-    r2 = _rss()
-    if r0 is not None:
-        note += (f"; a {rounds * N_PROGRAM:,}-op tape grew RSS by {(r1 - r0) / 2**20:.1f} MiB, "
-                 f"{(r1 - r2) / 2**20:.1f} MiB returned on drop")
+    note = (f"{tape.nbytes} bytes in use for {n} instructions, capacity {tape.capacity} "
+            f"slots ({tape.capacity * tape.nbytes / n / n:.1f} B/op allocated)")
+    in_use = _malloc_in_use()
+    if in_use is not None:
+        # a bigger tape: what malloc hands out for it, and what dropping it gives back
+        rounds = 25
+        del tape
+        gc.collect()
+        m0 = in_use()
+        big = record(lambda x0, x1, x2, x3: sum(
+            f(x0 + k * 1e-9, x1, x2, x3, sin, exp) for k in range(rounds)), *P.PROGRAM_INPUTS)
+        m1 = in_use()
+        nbig = len(big)
+        del big
+        m2 = in_use()
+        gc.collect()
+        m3 = in_use()
+        mib = 2.0 ** 20
+        note += (f"; a {nbig:,}-instruction tape took {(m1 - m0) / nbig:.1f} B/op of malloc, "
+                 f"{(m1 - m2) / mib:.1f} of {(m1 - m0) / mib:.1f} MiB freed on del, "
+                 f"{(m1 - m3) / mib:.1f} MiB after gc.collect()")
     return Case(None, probe=lambda: per_op, note=note)
 
 
@@ -704,7 +726,7 @@ def _adcore_grad_baseline(adcore, x):
 
 
 def hvp_adcore(ctx):
-    adcore, hvp, _ = adcore_api("hvp", "grad", "sum")
+    adcore, hvp = adcore_api("hvp", "grad", "sum")[:2]
     x, v = ctx["x"], ctx["v"]
     f = lambda x: P.rosen_vec(x, adcore.sum)                         # noqa: E731
     return Case(lambda: hvp(f, x, v), baseline=_adcore_grad_baseline(adcore, x),
@@ -712,7 +734,7 @@ def hvp_adcore(ctx):
 
 
 def hessian_adcore(ctx):
-    adcore, hessian, _ = adcore_api("hessian", "grad", "sum")
+    adcore, hessian = adcore_api("hessian", "grad", "sum")[:2]
     x = ctx["x"]
     H = hessian(lambda x: P.rosen_vec(x, adcore.sum))
     return Case(lambda: np.asarray(H(x)), baseline=_adcore_grad_baseline(adcore, x),
@@ -1068,7 +1090,8 @@ WORKLOADS = [
     Workload(f"jacobian_{n}_{m}", ISSUE4, f"dense Jacobian {n}->{m}, tanh(W sin x) + 0.1 W sin x",
              "numpy analytic", jac_setup(n, m), jac_baseline, jac_check,
              [("adcore auto", jac_adcore("auto")),
-              ("adcore fwd", jac_adcore("fwd")), ("adcore rev", jac_adcore("rev")),
+              ("adcore forward", jac_adcore("forward")),
+              ("adcore reverse", jac_adcore("reverse")),
               ("jax jit", jac_jax), ("torch", jac_torch), ("autograd", jac_autograd)],
              target=t, target_max=tm)
     for n, m, t, tm in ((100, 100, "<= 4x", 4.0), (10, 1000, "<= 3x", 3.0),
