@@ -96,8 +96,8 @@ cd "$WORK/run"
 env ${PYTEST_ENV[@]+"${PYTEST_ENV[@]}"} "$VPY" - "$WORK/venv" <<'PYCHECK'
 import os, sys
 import adcore, numpy
-venv = os.path.realpath(sys.argv[1])
-where = os.path.realpath(adcore.__file__)
+venv = os.path.normcase(os.path.realpath(sys.argv[1]))
+where = os.path.normcase(os.path.realpath(adcore.__file__))
 if not where.startswith(venv + os.sep):
     sys.exit(f"tools/test.sh: adcore imported from {where}, not from the fresh venv {venv}")
 print(f"tools/test.sh: adcore {adcore.__version__} from {os.path.dirname(where)}; numpy {numpy.__version__}")
