@@ -78,8 +78,8 @@ def calls_per_batch(fn, batch_s):
 def compare(candidate, baseline, pairs=21, batch_s=0.02, budget_s=None):
     """Time ``candidate`` and ``baseline`` alternately (ABBA order).
 
-    Returns a dict: median seconds per call of each, the median of the per-pair
-    ratios candidate/baseline, and the number of pairs.  ``budget_s`` caps the
+    Returns a dict: median seconds per call of each, the median and quartiles of
+    the per-pair ratios candidate/baseline, and the number of pairs.  ``budget_s`` caps the
     total time for slow candidates (never below 3 pairs).
     """
     candidate()
@@ -102,6 +102,7 @@ def compare(candidate, baseline, pairs=21, batch_s=0.02, budget_s=None):
         tc.append(c)
         tb.append(b)
         ratios.append(c / b)
+    q = statistics.quantiles(ratios, n=4) if pairs >= 2 else [ratios[0]] * 3
     return {"t_cand": statistics.median(tc), "t_base": statistics.median(tb),
-            "ratio": statistics.median(ratios), "pairs": pairs,
-            "calls": [nc, nb]}
+            "ratio": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+            "pairs": pairs, "calls": [nc, nb]}

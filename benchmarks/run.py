@@ -113,10 +113,11 @@ def row_text(w, r):
         return f"{head}{word}: {r['reason']}"
     note = f"   {r['note']}" if r.get("note") else ""
     if w.kind == "value":
-        return f"{head}{r['value']:>10.1f} {w.unit:<6}{'':40}{verdict(w, r):<7}{note}"
+        return f"{head}{r['value']:>10.1f} {w.unit:<6}{'':56}{verdict(w, r):<7}{note}"
+    spread = f"[{r['ratio_q1']:.3g}-{r['ratio_q3']:.3g}]"
     return (f"{head}{fmt_time(r['t_cand'], w.ops):>13}  vs {r['baseline_label']:<18}"
-            f"{fmt_time(r['t_base'], w.ops):>13} {r['ratio']:>9.2f}x  {verdict(w, r):<7}"
-            f"{note}")
+            f"{fmt_time(r['t_base'], w.ops):>13} {r['ratio']:>9.2f}x {spread:<15} "
+            f"{verdict(w, r):<7}{note}")
 
 
 def markdown(results):
@@ -190,6 +191,7 @@ def main(argv=None):
                     help="implementations whose label (or its first word) is LABEL: "
                          "adcore, torch, jax, autograd, ad, uncertainties")
     ap.add_argument("--markdown", help="also write the summary as a markdown table here")
+    ap.add_argument("--json", help="also write every row's raw figures here (JSON)")
     ap.add_argument("--out", help="also write the report to this file")
     ap.add_argument("--list", action="store_true", help="list workloads and implementations")
     ap.add_argument("--case", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
@@ -235,7 +237,7 @@ def main(argv=None):
          "allocated+freed first;")
     emit(f"          candidate and baseline timed alternately, {SETTINGS[mode]['pairs']} pairs "
          f"of ~{SETTINGS[mode]['batch_s'] * 1e3:.0f} ms batches (fewer for slow rows), "
-         "median per-call times, ratio = median of per-pair ratios;")
+         "median per-call times, ratio = median of per-pair ratios [quartiles];")
     emit("          every result checked against an independent reference before timing.")
     t_start = time.time()
     results = []
@@ -281,6 +283,10 @@ def main(argv=None):
     emit()
     for line in md:
         emit(line)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"date": now, "command": cmd, "machine": machine(),
+                       "rows": [r for _, r in results]}, fh, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write("\n".join(md) + "\n")
