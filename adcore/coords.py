@@ -20,7 +20,7 @@ in that order.  The order is part of a set's identity: ``Named("x", "y")`` and
 from __future__ import annotations
 
 import operator
-from typing import Any, Dict, Hashable, Iterator, Tuple
+from typing import Any, Dict, Hashable, Iterator, List, Tuple
 
 from .errors import CoordinateError
 
@@ -212,16 +212,20 @@ class Product(CoordinateSet):
     """
 
     __slots__ = ("_factors", "_shape", "_size", "_strides")
+    _factors: Tuple[CoordinateSet, ...]
+    _shape: Tuple[int, ...]
+    _size: int
+    _strides: Tuple[int, ...]
 
     def __new__(cls, *sets: CoordinateSet) -> "CoordinateSet":  # type: ignore[misc]
-        factors = []
+        factors: List[CoordinateSet] = []
         for s in sets:
             if not isinstance(s, CoordinateSet):
                 raise TypeError(f"Product: {s!r} is not a coordinate set")
             factors.extend(s.factors)
         if len(factors) == 1:
             return factors[0]
-        self = super().__new__(cls)
+        self: Product = super().__new__(cls)
         self._factors = tuple(factors)
         self._shape = tuple(n for f in factors for n in f.shape)
         sizes = [f.size for f in factors]

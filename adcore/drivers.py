@@ -152,7 +152,7 @@ Vector(Named('x', 'y'), {'x': 10.0, 'y': 6.0})
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def _leaf_shape(x: Any, where: str) -> Tuple[int, ...]:
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{where}: an array of dtype {x.dtype} is not differentiable "
                             f"(real numbers only)")
-        return x.shape
+        return tuple(x.shape)
     if isinstance(x, (float, int, np.floating, np.integer, np.bool_)):  # bool is an int
         return ()
     if _is_active(x):
@@ -540,7 +540,7 @@ def _input_layout(args: Sequence[Any], argnums: Argnums, where: str) -> _Layout:
 
 def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
                   where: str, lin: Optional[_Layout] = None
-                  ) -> Tuple[_Layout, Any, Callable[[Any], Any], list]:
+                  ) -> Tuple[_Layout, Any, Callable[[Any], List[Any]], List[_Layout]]:
     """x's layout, x as a flat float array, and g: f of x (in x's structure) as
     a list of output pieces; g records the output layout on its first call into
     the returned list."""
@@ -555,14 +555,15 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
                            f"adcore.hvp for second derivatives")
     if not (isinstance(xf, np.ndarray) and xf.dtype == np.float64):
         xf = np.asarray(xf, dtype=np.float64)
-    out_layout: list = []
+    out_layout: List[_Layout] = []
 
     def g(x_struct: Any) -> List[Any]:
         """f's output pieces at x rebuilt in its structure (f's other args fixed)."""
         y = f(*_substituted(args, argnums, x_struct))
         if not out_layout:
             out_layout.append(_Layout(y, f"{where} (output)"))
-        return out_layout[0].pieces(y)
+        pieces: List[Any] = out_layout[0].pieces(y)
+        return pieces
 
     return lin, xf, g, out_layout
 
@@ -613,7 +614,7 @@ def jacobian(f: Callable[..., Any], mode: str = "auto",
     once at the first point with a given input set and remembers the size.
     """
     _check_mode(mode)
-    out_sizes: dict = {}  # input coordinate set -> |C1| seen (auto's choice)
+    out_sizes: Dict[CoordinateSet, int] = {}  # input coordinate set -> |C1| seen (auto's choice)
 
     def run(*args: Any) -> Matrix:
         lin = _input_layout(args, argnums, "jacobian")
@@ -643,7 +644,7 @@ def _involves_vectors(x: Any) -> bool:
 
 def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
     def wrapper(f: Callable[..., Any], argnums: Argnums = 0, **kwargs: Any) -> Callable[..., Any]:
-        returns_vectors: list = []  # remembered: f returned Vectors before
+        returns_vectors: List[bool] = []  # remembered: f returned Vectors before
 
         def run(*args: Any) -> Any:
             try:
@@ -653,7 +654,7 @@ def _aware(engine_name: str, mode: str) -> Callable[..., Callable[..., Any]]:
                 x = None  # the engine reports bad argnums in its own words
             if returns_vectors or (x is not None and _involves_vectors(x)):
                 return jacobian(f, mode=mode, argnums=argnums)(*args)
-            seen: list = []
+            seen: List[bool] = []
 
             def watch(*a: Any) -> Any:
                 y = f(*a)

@@ -167,7 +167,8 @@ class Matrix:
         """The linear function f(v) = F v."""
         if not isinstance(v, Vector):
             raise TypeError(f"a Matrix applies to a Vector, not a {type(v).__name__}")
-        return self @ v
+        out: Vector = self @ v
+        return out
 
     def _same(self, other: "Matrix") -> None:
         if other._out != self._out or other._in != self._in:
@@ -228,9 +229,11 @@ class Matrix:
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype == np.float64 and b.dtype == np.float64:
-        return a @ b
+        out: np.ndarray = a @ b
+        return out
     # adcore values inside: numpy's object matmul uses their * and +
-    return np.dot(a.astype(object), b.astype(object))
+    out = np.dot(a.astype(object), b.astype(object))
+    return out
 
 
 def _scale(data: np.ndarray, s: Any) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, List, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 
@@ -198,7 +198,7 @@ def _to_objects(d: Any, n: int) -> np.ndarray:
     return out
 
 
-_frompyfunc_cache: dict = {}
+_frompyfunc_cache: Dict[Tuple[int, int], Any] = {}
 
 
 def _object_kernel(op: int, arity: int) -> Any:
@@ -306,7 +306,7 @@ class Vector:
             return float(x) if d.dtype == np.float64 else x
         return d[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         """The values, in canonical order (``items()`` pairs them with coordinates)."""
         for i in range(self._coords.size):
             yield self._at(i)
@@ -317,12 +317,12 @@ class Vector:
             return float(d[i])
         return d[i]
 
-    def items(self):
+    def items(self) -> Iterator[Tuple[Any, Any]]:
         """(coordinate, value) pairs in canonical order."""
         for i, c in enumerate(self._coords):
             yield c, self._at(i)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Dict[Any, Any]:
         return dict(self.items())
 
     def elements(self) -> List[Any]:
@@ -333,7 +333,7 @@ class Vector:
         d = self._data
         if not isinstance(d, np.ndarray):
             d = _to_objects(d, self.size)
-        out = d.reshape(self._coords.shape)
+        out: np.ndarray = d.reshape(self._coords.shape)
         if dtype is not None:
             out = out.astype(dtype)
         return out.copy() if copy else out
@@ -350,23 +350,23 @@ class Vector:
             return _plain_scalar(other)
         return None
 
-    def _binary(self, op: int, other: Any, reflected: bool = False) -> Any:
+    def _binary(self, op: int, other: Any, reflected: bool = False) -> "Vector":
         o = self._operand(other)
         if o is None:
-            return NotImplemented
+            return NotImplemented  # type: ignore[no-any-return]
         args = (o, self._data) if reflected else (self._data, o)
         return Vector._wrap(self._coords, _combine(op, args, self.size))
 
-    def __add__(self, other): return self._binary(_OP_ADD, other)
-    def __radd__(self, other): return self._binary(_OP_ADD, other, True)
-    def __sub__(self, other): return self._binary(_OP_SUB, other)
-    def __rsub__(self, other): return self._binary(_OP_SUB, other, True)
-    def __mul__(self, other): return self._binary(_OP_MUL, other)
-    def __rmul__(self, other): return self._binary(_OP_MUL, other, True)
-    def __truediv__(self, other): return self._binary(_OP_DIV, other)
-    def __rtruediv__(self, other): return self._binary(_OP_DIV, other, True)
-    def __pow__(self, other): return self._binary(_OP_POW, other)
-    def __rpow__(self, other): return self._binary(_OP_POW, other, True)
+    def __add__(self, other: Any) -> "Vector": return self._binary(_OP_ADD, other)
+    def __radd__(self, other: Any) -> "Vector": return self._binary(_OP_ADD, other, True)
+    def __sub__(self, other: Any) -> "Vector": return self._binary(_OP_SUB, other)
+    def __rsub__(self, other: Any) -> "Vector": return self._binary(_OP_SUB, other, True)
+    def __mul__(self, other: Any) -> "Vector": return self._binary(_OP_MUL, other)
+    def __rmul__(self, other: Any) -> "Vector": return self._binary(_OP_MUL, other, True)
+    def __truediv__(self, other: Any) -> "Vector": return self._binary(_OP_DIV, other)
+    def __rtruediv__(self, other: Any) -> "Vector": return self._binary(_OP_DIV, other, True)
+    def __pow__(self, other: Any) -> "Vector": return self._binary(_OP_POW, other)
+    def __rpow__(self, other: Any) -> "Vector": return self._binary(_OP_POW, other, True)
 
     def __neg__(self) -> "Vector":
         return Vector._wrap(self._coords, _combine(_OP_NEG, (self._data,), self.size))
