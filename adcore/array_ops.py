@@ -36,11 +36,19 @@ __all__ = ["getitem", "sum", "mean", "amax", "max", "reshape", "transpose",
 _AxisError = getattr(getattr(np, "exceptions", np), "AxisError", ValueError)
 
 def _shape(x: Any) -> Tuple[int, ...]:
-    return tuple(np.shape(x))
+    shape = getattr(x, "shape", None)  # active values (Dual arrays, tape arrays) have one too
+    return tuple(shape) if shape is not None else tuple(np.shape(x))
 
 
 def _ndim(x: Any) -> int:
-    return len(np.shape(x))
+    return len(_shape(x))
+
+
+def _primal(x: Any) -> Any:
+    """The plain value under any number of active layers."""
+    while getattr(x, "_ad_tag", None) is not None:
+        x = x.value
+    return x
 
 
 def _axes(axis: Any, ndim: int, name: str) -> Tuple[int, ...]:
@@ -107,7 +115,7 @@ def _zeros_tangent(k: int, x: Any, dtype: Any) -> np.ndarray:
 def _k_and_dtype(dxs: Sequence[Any]) -> Tuple[int, Any]:
     for d in dxs:
         if d is not None:
-            return d.shape[0], d.dtype
+            return _shape(d)[0], np.asarray(_primal(d)).dtype
     raise ValueError("jvp called without any tangent")
 
 
@@ -171,12 +179,15 @@ class GetItem(Primitive):
 
     def jvp(self, xs, dxs, out, *, index):
         (x,), (dx,) = xs, dxs
+        n = _ndim(x)
         if _is_basic(index):
             # basic indexing keeps the leading direction axis in front
-            return dx[(slice(None),) + _explicit(index, _ndim(x))]
+            return _getitem(dx, index=(slice(None),) + _explicit(index, n))
         # advanced indices may move axes to the front: put the directions last
-        full = _explicit(index, _ndim(x)) + (slice(None),)
-        return np.moveaxis(np.moveaxis(dx, 0, -1)[full], -1, 0)
+        last = _transpose(dx, axes=tuple(range(1, n + 1)) + (0,))
+        t = _getitem(last, index=_explicit(index, n) + (slice(None),))
+        m = _ndim(t)
+        return _transpose(t, axes=(m - 1,) + tuple(range(m - 1)))
 
     def vjp(self, g, xs, out, needs, *, index):
         g = cotangent(g, out)
@@ -213,7 +224,7 @@ class Sum(Primitive):
     def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
         (x,), (dx,) = xs, dxs
         axes = tuple(a + 1 for a in _axes(axis, _ndim(x), "sum"))
-        return np.sum(dx, axis=axes, keepdims=keepdims)
+        return _sum(dx, axis=axes, keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
         g = cotangent(g, out)
@@ -242,7 +253,7 @@ class Mean(Primitive):
     def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
         (x,), (dx,) = xs, dxs
         axes = tuple(a + 1 for a in _axes(axis, _ndim(x), "mean"))
-        return np.mean(dx, axis=axes, keepdims=keepdims)
+        return _mean(dx, axis=axes, keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
         g = cotangent(g, out)
@@ -277,8 +288,18 @@ class AMax(Primitive):
 
     def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
         (x,), (dx,) = xs, dxs
-        w, axes = self._weights(x, axis, dx.dtype)
-        return np.sum(dx * w, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
+        if getattr(x, "_ad_tag", None) is None:
+            w, axes = self._weights(x, axis, np.asarray(_primal(dx)).dtype)
+        else:
+            # x active for an outer differentiation: the mask from recorded comparisons,
+            # so that a tape replaying this at another point checks the argmax
+            from ._dual import equal
+            axes = _axes(axis, _ndim(x), "amax")
+            m = out if keepdims else _reshape(out, shape=tuple(
+                1 if i in axes else n for i, n in enumerate(_shape(x))))
+            mask = equal(x, m)
+            w = mask / _sum(mask, axis=axes, keepdims=True)
+        return _sum(dx * w, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
         g = cotangent(g, out)
@@ -339,7 +360,7 @@ class Reshape(Primitive):
 
     def jvp(self, xs, dxs, out, *, shape):
         (dx,) = dxs
-        return dx.reshape((dx.shape[0],) + _shape(out))
+        return _reshape(dx, shape=(_shape(dx)[0],) + _shape(out))
 
     def vjp(self, g, xs, out, needs, *, shape):
         g = cotangent(g, out)
@@ -365,7 +386,7 @@ class Transpose(Primitive):
 
     def jvp(self, xs, dxs, out, *, axes=None):
         (x,), (dx,) = xs, dxs
-        return dx.transpose((0,) + tuple(a + 1 for a in self._perm(x, axes)))
+        return _transpose(dx, axes=(0,) + tuple(a + 1 for a in self._perm(x, axes)))
 
     def vjp(self, g, xs, out, needs, *, axes=None):
         g = cotangent(g, out)
@@ -381,9 +402,9 @@ class BroadcastTo(Primitive):
 
     def jvp(self, xs, dxs, out, *, shape):
         (x,), (dx,) = xs, dxs
-        k = dx.shape[0]
-        lifted = dx.reshape((k,) + (1,) * (len(shape) - _ndim(x)) + _shape(x))
-        return np.broadcast_to(lifted, (k,) + tuple(shape))
+        k = _shape(dx)[0]
+        lifted = _reshape(dx, shape=(k,) + (1,) * (len(shape) - _ndim(x)) + _shape(x))
+        return _broadcast_to(lifted, shape=(k,) + tuple(shape))
 
     def vjp(self, g, xs, out, needs, *, shape):
         g = cotangent(g, out)
@@ -431,17 +452,26 @@ class MatMul(Primitive):
         return np.matmul(a, b)
 
     def jvp(self, xs, dxs, out, **params):
-        a2, b2 = _as_matrices(*xs)
+        a, b = xs
+        sa, sb = _shape(a), _shape(b)
+        if not sa or not sb:
+            raise ValueError("matmul: operands must have at least one dimension "
+                             f"(got shapes {sa} and {sb}); use * for scalars")
+        # numpy's rules made explicit: 1-D operands as 1xn / nx1 matrices
+        sa2 = (1,) + sa if len(sa) == 1 else sa
+        sb2 = sb + (1,) if len(sb) == 1 else sb
+        a2 = a if sa2 == sa else _reshape(a, shape=sa2)
+        b2 = b if sb2 == sb else _reshape(b, shape=sb2)
         k, _ = _k_and_dtype(dxs)
-        nb = builtins.max(a2.ndim, b2.ndim) - 2
+        nb = builtins.max(len(sa2), len(sb2)) - 2
         tshape = (k,) + _shape(out)
         total = None
-        if dxs[0] is not None:
-            da = dxs[0].reshape((k,) + (1,) * (nb - (a2.ndim - 2)) + a2.shape)
-            total = np.matmul(da, b2).reshape(tshape)
+        if dxs[0] is not None:   # the directions ride in front of the batch axes
+            da = _reshape(dxs[0], shape=(k,) + (1,) * (nb - (len(sa2) - 2)) + sa2)
+            total = _reshape(_matmul(da, b2), shape=tshape)
         if dxs[1] is not None:
-            db = dxs[1].reshape((k,) + (1,) * (nb - (b2.ndim - 2)) + b2.shape)
-            term = np.matmul(a2, db).reshape(tshape)
+            db = _reshape(dxs[1], shape=(k,) + (1,) * (nb - (len(sb2) - 2)) + sb2)
+            term = _reshape(_matmul(a2, db), shape=tshape)
             total = term if total is None else total + term
         return total
 
@@ -494,7 +524,7 @@ class Concatenate(Primitive):
         k, dtype = _k_and_dtype(dxs)
         ax = _join_axis(axis, _ndim(out), "concatenate")
         parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
-        return np.concatenate(parts, axis=ax + 1)
+        return _concatenate(*parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
         g = cotangent(g, out)
@@ -517,7 +547,7 @@ class Stack(Primitive):
         k, dtype = _k_and_dtype(dxs)
         ax = _join_axis(axis, _ndim(out), "stack")
         parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
-        return np.stack(parts, axis=ax + 1)
+        return _stack(*parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
         g = cotangent(g, out)

@@ -573,3 +573,71 @@ def test_dropout_inside_a_recorded_step_gets_new_masks_as_arguments():
     g = adcore.grad(lambda x: ops.sum(F.dropout(x, 0.5, np.random.default_rng(0))))(x)
     expect = F.dropout_mask(x.shape, 0.5, np.random.default_rng(0))
     np.testing.assert_array_equal(g, expect)
+
+
+# ---------------------------------------------------------------- jvp rules differentiate again
+
+R2 = np.random.default_rng(21)
+SECOND_ORDER_CASES = [
+    ("getitem", [R2.standard_normal((3, 4))],
+     {"index": ops.normalize_index((np.array([0, 2, 2]), slice(1, None)))}, 0),
+    ("getitem", [R2.standard_normal((3, 4))], {"index": ops.normalize_index((1, slice(None, None, -1)))}, 0),
+    ("sum", [R2.standard_normal((3, 4))], {"axis": 1, "keepdims": False}, 0),
+    ("mean", [R2.standard_normal((3, 4))], {"axis": None, "keepdims": True}, 0),
+    ("amax", [R2.standard_normal((3, 4))], {"axis": 0, "keepdims": False}, 0),
+    ("reshape", [R2.standard_normal((3, 4))], {"shape": (6, 2)}, 0),
+    ("transpose", [R2.standard_normal((2, 3, 4))], {"axes": (2, 0, 1)}, 0),
+    ("broadcast_to", [R2.standard_normal((3, 1))], {"shape": (2, 3, 4)}, 0),
+    ("matmul", [R2.standard_normal((3, 4)), R2.standard_normal((4, 2))], {}, 0),
+    ("matmul", [R2.standard_normal((4,)), R2.standard_normal((2, 4, 3))], {}, 1),
+    ("concatenate", [R2.standard_normal((2, 3)), R2.standard_normal((1, 3))], {"axis": 0}, 1),
+    ("stack", [R2.standard_normal((2, 3)), R2.standard_normal((2, 3))], {"axis": 1}, 0),
+    ("softmax", [R2.standard_normal((3, 4))], {"axis": -1}, 0),
+    ("log_softmax", [R2.standard_normal((3, 4))], {"axis": 0}, 0),
+    ("logsumexp", [R2.standard_normal((3, 4))], {"axis": 1, "keepdims": False}, 0),
+    ("cross_entropy", [R2.standard_normal((3, 4)), np.array([1, 0, 3])], {}, 0),
+    ("mse", [R2.standard_normal((3, 4)), R2.standard_normal((4,))], {}, 0),
+    ("linear", [R2.standard_normal((3, 4)), R2.standard_normal((4, 2)), R2.standard_normal(2)],
+     {}, 1),
+    ("conv2d", [R2.standard_normal((2, 2, 4, 4)), R2.standard_normal((3, 2, 2, 2))],
+     {"stride": (1, 1), "padding": (1, 1)}, 0),
+    ("conv2d", [R2.standard_normal((2, 2, 4, 4)), R2.standard_normal((3, 2, 2, 2))],
+     {"stride": (2, 1), "padding": (0, 1)}, 1),
+    ("max_pool2d", [R2.standard_normal((1, 2, 4, 4))], F._pool_params(2, 1, 1, "t"), 0),
+    ("avg_pool2d", [R2.standard_normal((1, 2, 4, 4))], F._pool_params(2, None, 1, "t"), 0),
+    ("dropout", [R2.standard_normal((3, 4)), (R2.random((3, 4)) > 0.5) * 2.0], {}, 0),
+]
+
+
+@pytest.mark.parametrize("name,xs,params,i", SECOND_ORDER_CASES,
+                         ids=[f"{c[0]}-{c[3]}" for c in SECOND_ORDER_CASES])
+def test_jvp_rules_differentiate_again(name, xs, params, i):
+    """Each jvp rule is written with adcore's own operations, so it runs on active
+    values too: its derivative in the primal point (forward over forward, with
+    DualArrays, and reverse over forward, on the tape) matches finite differences.
+    This is what nesting (hessian, hvp) needs from a primitive."""
+    prim = REGISTRY[name]
+    rng = np.random.default_rng(3)
+    dx = rng.standard_normal((2,) + xs[i].shape)           # k = 2 first-order directions
+    u = rng.standard_normal(xs[i].shape)                     # the outer direction
+
+    def jvp_at(xi):
+        args = list(xs)
+        args[i] = xi
+        dxs = [dx if j == i else None for j in range(len(args))]
+        return prim.jvp(args, dxs, prim(*args, **params), **params)
+
+    eps = 1e-6
+    fd = (np.asarray(jvp_at(xs[i] + eps * u)) - np.asarray(jvp_at(xs[i] - eps * u))) / (2 * eps)
+    # forward over forward: the primal point carries the outer direction u
+    outer = adcore.DualArray(xs[i], u[None], adcore.dispatch.new_tag())
+    t = jvp_at(outer)
+    # a rule that does not depend on the primal point (a linear map) gives a constant
+    value, tangent = (t.value, t.tangents[0]) if adcore.dispatch.is_active(t) else (t, 0 * fd)
+    np.testing.assert_allclose(np.asarray(value), np.asarray(jvp_at(xs[i])), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(tangent), fd, rtol=1e-5, atol=1e-6)
+    # reverse over forward: the jvp rule recorded on a tape, swept back
+    w = rng.standard_normal(fd.shape)
+    g = adcore.grad(lambda xi: ops.sum(jvp_at(xi) * w))(xs[i])
+    np.testing.assert_allclose(np.sum(g * u), np.sum(fd * w), rtol=1e-5, atol=1e-6)

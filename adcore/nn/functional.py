@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..array_ops import cotangent, sum_to_shape
+from .. import _dual
+from ..array_ops import (_broadcast_to, _concatenate, _getitem, _matmul, _mean, _primal,
+                         _reshape, _shape, _sum, _transpose, cotangent, sum_to_shape)
 from ..primitives import Primitive
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linear",
@@ -72,8 +74,8 @@ class Softmax(Primitive):
 
     def jvp(self, xs, dxs, out, *, axis=-1):
         (dx,) = dxs
-        ax = _axis(axis, out.ndim, "softmax") + 1
-        return out * (dx - np.sum(out * dx, axis=ax, keepdims=True))
+        ax = _axis(axis, len(_shape(out)), "softmax") + 1
+        return out * (dx - _sum(out * dx, axis=ax, keepdims=True))
 
     def vjp(self, g, xs, out, needs, *, axis=-1):
         g = cotangent(g, out)
@@ -91,8 +93,8 @@ class LogSoftmax(Primitive):
 
     def jvp(self, xs, dxs, out, *, axis=-1):
         (dx,) = dxs
-        ax = _axis(axis, out.ndim, "log_softmax") + 1
-        return dx - np.sum(np.exp(out) * dx, axis=ax, keepdims=True)
+        ax = _axis(axis, len(_shape(out)), "log_softmax") + 1
+        return dx - _sum(_dual.exp(out) * dx, axis=ax, keepdims=True)
 
     def vjp(self, g, xs, out, needs, *, axis=-1):
         g = cotangent(g, out)
@@ -120,10 +122,13 @@ class LogSumExp(Primitive):
         return np.exp(x - lse)
 
     def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
-        x, (dx,) = _float(xs[0]), dxs
-        axes = self._axes(axis, x.ndim)
-        w = self._weights(x, out, axes, keepdims)
-        return np.sum(w * dx, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
+        x, (dx,) = xs[0], dxs
+        shape = _shape(x)
+        axes = self._axes(axis, len(shape))
+        lse = out if keepdims else _reshape(out, shape=tuple(
+            1 if i in axes else n for i, n in enumerate(shape)))
+        w = _dual.exp(x - lse)
+        return _sum(w * dx, axis=tuple(a + 1 for a in axes), keepdims=keepdims)
 
     def vjp(self, g, xs, out, needs, *, axis=None, keepdims=False):
         g = cotangent(g, out)
@@ -209,13 +214,19 @@ class CrossEntropy(Primitive):
         return out
 
     def jvp(self, xs, dxs, out, **params):
-        z = _float(xs[0])
+        z, labels = xs
         dz = dxs[0]
-        n, c = z.shape
-        y = _labels(xs[1], n, c)
-        p = _softmax(z, 1)
-        picked = dz[:, np.arange(n), y]                      # (k, n)
-        return np.mean(np.sum(p * dz, axis=2) - picked, axis=1)
+        n, c = _shape(z)
+        dtype = np.asarray(_primal(z)).dtype
+        dtype = dtype if dtype.kind == "f" else np.dtype(np.float64)
+        if getattr(labels, "_ad_tag", None) is None:
+            onehot = np.eye(c, dtype=dtype)[_labels(labels, n, c)]
+        else:
+            # labels of an outer recording: compare, so that a replay checks them
+            _labels(_primal(labels), n, c)
+            onehot = _dual.equal(_reshape(labels, shape=(n, 1)), np.arange(c, dtype=dtype))
+        # d loss = mean_i sum_j (softmax(z) - onehot)[i, j] dz[i, j]
+        return _mean(_sum(dz * (_softmax_p(z, axis=1) - onehot), axis=2), axis=1)
 
     def vjp(self, g, xs, out, needs, **params):
         g = cotangent(g, out)
@@ -241,16 +252,20 @@ class MSE(Primitive):
         return np.mean(d * d)
 
     def jvp(self, xs, dxs, out, **params):
-        d = _float(xs[0]) - _float(xs[1])
-        k = next(t.shape[0] for t in dxs if t is not None)
+        a, b = xs
+        d = a - b
+        dshape = _shape(d)
+        k = next(_shape(t)[0] for t in dxs if t is not None)
         dd = 0
-        if dxs[0] is not None:
-            dd = dxs[0].reshape((k,) + (1,) * (d.ndim - np.ndim(xs[0])) + np.shape(xs[0]))
-        if dxs[1] is not None:
-            dd = dd - dxs[1].reshape((k,) + (1,) * (d.ndim - np.ndim(xs[1])) + np.shape(xs[1]))
-        two = np.asarray(2.0 / max(d.size, 1), dtype=d.dtype)
-        tot = np.broadcast_to(dd * d, (k,) + d.shape).reshape(k, -1)
-        return two * np.sum(tot, axis=1)
+        for sign, x, t in ((1, a, dxs[0]), (-1, b, dxs[1])):
+            if t is None:
+                continue
+            t = _reshape(t, shape=(k,) + (1,) * (len(dshape) - len(_shape(x))) + _shape(x))
+            dd = dd + t if sign > 0 else dd - t
+        size = int(np.prod(dshape)) if dshape else 1
+        dtype = np.asarray(_primal(d)).dtype
+        two = np.asarray(2.0 / max(size, 1), dtype=dtype if dtype.kind == "f" else np.float64)
+        return _sum(dd * d, axis=tuple(range(1, len(dshape) + 1))) * two
 
     def vjp(self, g, xs, out, needs, **params):
         g = cotangent(g, out)
@@ -301,16 +316,17 @@ class Linear(Primitive):
 
     def jvp(self, xs, dxs, out, **params):
         x, w = xs[0], xs[1]
-        k = next(t.shape[0] for t in dxs if t is not None)
-        tot = np.zeros((k,) + out.shape, dtype=out.dtype)
-        if dxs[0] is not None:
-            tot += np.matmul(dxs[0], w)
-        if dxs[1] is not None:
-            x2 = np.reshape(x, (-1, np.shape(x)[-1]))           # (M, in) @ (k, in, out)
-            tot += np.matmul(x2, dxs[1]).reshape(tot.shape)
+        k = next(_shape(t)[0] for t in dxs if t is not None)
+        tshape = (k,) + _shape(out)
+        terms = []
+        if dxs[0] is not None:                                   # (k, ..., in) @ (in, out)
+            terms.append(_matmul(dxs[0], w))
+        if dxs[1] is not None:                                   # (M, in) @ (k, in, out)
+            x2 = _reshape(x, shape=(-1, _shape(x)[-1]))
+            terms.append(_reshape(_matmul(x2, dxs[1]), shape=tshape))
         if len(xs) > 2 and dxs[2] is not None:
-            tot += dxs[2].reshape((k,) + (1,) * (out.ndim - 1) + (-1,))
-        return tot
+            terms.append(_reshape(dxs[2], shape=(k,) + (1,) * (len(tshape) - 2) + (-1,)))
+        return _sum_terms(terms, tshape)
 
     def vjp(self, g, xs, out, needs, **params):
         g = cotangent(g, out)
@@ -326,6 +342,14 @@ class Linear(Primitive):
 
 
 _linear_p = Linear().register()
+
+
+def _sum_terms(terms, shape):
+    """The sum of tangent terms, broadcast to the full tangent shape."""
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total if _shape(total) == tuple(shape) else _broadcast_to(total, shape=tuple(shape))
 
 
 def linear(x: Any, w: Any, b: Any = None) -> Any:
@@ -435,21 +459,24 @@ class Conv2d(Primitive):
         return out
 
     def jvp(self, xs, dxs, out, *, stride=(1, 1), padding=(0, 0)):
-        x, w = _float(xs[0]), _float(xs[1])
-        k = next(t.shape[0] for t in dxs if t is not None)
-        n = x.shape[0]
-        o = w.shape[0]
-        tot = np.zeros((k,) + out.shape, dtype=out.dtype)
+        x, w = xs[0], xs[1]
+        xshape, wshape = _shape(x), _shape(w)
+        k = next(_shape(t)[0] for t in dxs if t is not None)
+        n, o = xshape[0], wshape[0]
+        tshape = (k,) + _shape(out)
+        terms = []
+        conv = _conv2d_p
         if dxs[0] is not None:   # conv(dx, w): the k directions join the batch
-            dx = dxs[0].reshape((k * n,) + x.shape[1:])
-            tot += self._conv(dx, w, stride, padding).reshape(tot.shape)
+            dx = _reshape(dxs[0], shape=(k * n,) + xshape[1:])
+            terms.append(_reshape(conv(dx, w, stride=stride, padding=padding), shape=tshape))
         if dxs[1] is not None:   # conv(x, dw): the k directions join the output channels
-            dw = dxs[1].reshape((k * o,) + w.shape[1:])
-            t = self._conv(x, dw, stride, padding)               # (N, k*O, Ho, Wo)
-            tot += t.reshape((n, k, o) + t.shape[2:]).transpose(1, 0, 2, 3, 4)
+            dw = _reshape(dxs[1], shape=(k * o,) + wshape[1:])
+            t = conv(x, dw, stride=stride, padding=padding)      # (N, k*O, Ho, Wo)
+            t = _reshape(t, shape=(n, k, o) + tshape[3:])
+            terms.append(_transpose(t, axes=(1, 0, 2, 3, 4)))
         if len(xs) > 2 and dxs[2] is not None:
-            tot += dxs[2].reshape(k, 1, o, 1, 1)
-        return tot
+            terms.append(_reshape(dxs[2], shape=(k, 1, o, 1, 1)))
+        return _sum_terms(terms, tshape)
 
     def vjp(self, g, xs, out, needs, *, stride=(1, 1), padding=(0, 0)):
         g = cotangent(g, out)
@@ -509,6 +536,32 @@ def _pool_out_shape(x, kernel, stride, padding):
     return (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
 
 
+def _pad_any(x, ph: int, pw: int, fill: float):
+    """``_pad`` for plain or active values (active ones get constant blocks joined)."""
+    if getattr(x, "_ad_tag", None) is None:
+        return _pad(np.asarray(x), ph, pw, fill)
+    n, c, h, w = _shape(x)
+    dtype = np.asarray(_primal(x)).dtype
+    if pw:
+        side = np.full((n, c, h, pw), fill, dtype=dtype)
+        x = _concatenate(side, x, side, axis=3)
+    if ph:
+        band = np.full((n, c, ph, w + 2 * pw), fill, dtype=dtype)
+        x = _concatenate(band, x, band, axis=2)
+    return x
+
+
+def _offsets_any(xp, kernel, stride, ho: int, wo: int):
+    """``_offsets`` for plain or active values."""
+    if getattr(xp, "_ad_tag", None) is None:
+        return _offsets(xp, kernel, stride, ho, wo)
+    (kh, kw), (sh, sw) = kernel, stride
+    return [_getitem(xp, index=(slice(None), slice(None),
+                                slice(a, a + sh * (ho - 1) + 1, sh),
+                                slice(b, b + sw * (wo - 1) + 1, sw)))
+            for a in range(kh) for b in range(kw)]
+
+
 def _scatter(parts, shape, kernel, stride, padding):
     """The adjoint of ``_offsets`` after padding: add each offset's cotangent back."""
     n, c, h, w = shape
@@ -553,16 +606,28 @@ class MaxPool2d(_Pool):
         return out
 
     def jvp(self, xs, dxs, out, *, kernel, stride, padding):
-        x = _float(xs[0])
-        (dx,) = dxs
-        k = dx.shape[0]
-        shares = self._shares(x, out, kernel, stride, padding)
-        ho, wo = out.shape[2:]
-        dparts = _offsets(_pad(dx.reshape((k * x.shape[0],) + x.shape[1:]), *padding),
-                          kernel, stride, ho, wo)
-        tot = np.zeros((k,) + out.shape, dtype=dx.dtype)
-        for dp, share in zip(dparts, shares):
-            tot += dp.reshape(tot.shape) * share
+        x, (dx,) = xs[0], dxs
+        xshape, oshape = _shape(x), _shape(out)
+        k = _shape(dx)[0]
+        ho, wo = oshape[2:]
+        if getattr(x, "_ad_tag", None) is None:
+            shares = self._shares(_float(x), out, kernel, stride, padding)
+        else:
+            # x active for an outer differentiation: the shares from recorded comparisons,
+            # so that a tape replaying this at another point checks the argmax
+            hits = [_dual.equal(p, out) for p in
+                    _offsets_any(_pad_any(x, *padding, -np.inf), kernel, stride, ho, wo)]
+            count = hits[0]
+            for h in hits[1:]:
+                count = count + h
+            shares = [h / count for h in hits]
+        flat = _reshape(dx, shape=(k * xshape[0],) + xshape[1:])
+        tshape = (k,) + oshape
+        tot = None
+        for dp, share in zip(_offsets_any(_pad_any(flat, *padding, 0.0), kernel, stride, ho, wo),
+                             shares):
+            term = _reshape(dp, shape=tshape) * share
+            tot = term if tot is None else tot + term
         return tot
 
     def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
@@ -594,9 +659,10 @@ class AvgPool2d(_Pool):
 
     def jvp(self, xs, dxs, out, *, kernel, stride, padding):
         (dx,) = dxs
-        k = dx.shape[0]
-        t = self._pool(dx.reshape((k * dx.shape[1],) + dx.shape[2:]), kernel, stride, padding)
-        return t.reshape((k,) + out.shape)
+        shape = _shape(dx)
+        flat = _reshape(dx, shape=(shape[0] * shape[1],) + shape[2:])
+        t = _avg_pool2d_p(flat, kernel=kernel, stride=stride, padding=padding)
+        return _reshape(t, shape=(shape[0],) + _shape(out))
 
     def vjp(self, g, xs, out, needs, *, kernel, stride, padding):
         g = cotangent(g, out)
@@ -642,7 +708,7 @@ class Dropout(Primitive):
         return _float(x) * mask
 
     def jvp(self, xs, dxs, out, **params):
-        return dxs[0] * xs[1]
+        return dxs[0] * xs[1]   # the mask: a constant of every differentiation
 
     def vjp(self, g, xs, out, needs, **params):
         g = cotangent(g, out)
