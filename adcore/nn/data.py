@@ -21,7 +21,8 @@ DIGITS_CITATION = ("E. Alpaydin and C. Kaynak. Optical Recognition of Handwritte
 
 
 def _data_file(name: str) -> bytes:
-    return resources.files("adcore.nn").joinpath("data", name).read_bytes()
+    # one joinpath step at a time: Python 3.10's Traversable takes one name
+    return resources.files("adcore.nn").joinpath("data").joinpath(name).read_bytes()
 
 
 def load_digits(dtype: Any = np.float32, shape: str = "flat",
