@@ -174,7 +174,9 @@ def versions():
 def adcore_where(env):
     code = ("import adcore, os; print(adcore.__version__, "
             "os.path.dirname(os.path.abspath(adcore.__file__)))")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # from this folder, as the rows import it (not from a checkout in the cwd)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=HERE)
     if p.returncode:
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
         return f"not importable ({tail})"
