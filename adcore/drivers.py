@@ -240,7 +240,7 @@ class _Layout:
             if not isinstance(x, Vector) or x.coords != self.coords:
                 raise CoordinateError(f"{self.where}: expected a Vector over {self.coords!r}, "
                                       f"got {_describe(x)}")
-            return [x.values]
+            return [x._data]
         if self.kind == "leaf":
             shape = _leaf_shape(x, self.where)
             if shape != self.shape:
@@ -256,7 +256,7 @@ class _Layout:
                 if not isinstance(leaf, Vector) or leaf.coords != meta:
                     raise CoordinateError(f"{self.where}: expected a Vector over {meta!r}, "
                                           f"got {_describe(leaf)}")
-                out.append(leaf.values)
+                out.append(leaf._data)
             else:
                 if _leaf_shape(leaf, self.where) != meta:
                     raise ValueError(f"{self.where}: expected shape {meta}, got "

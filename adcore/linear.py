@@ -152,7 +152,7 @@ class Matrix:
             if other.coords != self._in:
                 raise CoordinateError(f"cannot apply a Matrix over {self._out!r} x "
                                       f"{self._in!r} to a Vector over {other.coords!r}")
-            d = other.values
+            d = other._data
             if _is_active_array(d):
                 from .array_ops import matmul
 

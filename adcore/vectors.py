@@ -286,8 +286,15 @@ class Vector:
 
     @property
     def values(self) -> Any:
-        """The flat buffer in canonical order (float64 array, object array or adcore array)."""
-        return self._data
+        """The values as one flat array in canonical order: float64 when plain, else
+        an adcore array value (a vector of adcore scalars is stacked into one), so
+        array operations apply to it."""
+        d = self._data
+        if isinstance(d, np.ndarray) and d.dtype == object:
+            from .array_ops import stack
+
+            return stack(list(d)) if len(d) else np.zeros(0)
+        return d
 
     @property
     def is_plain(self) -> bool:

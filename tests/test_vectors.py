@@ -193,3 +193,19 @@ def test_vectors_over_dual_arrays_run_whole_array_kernels():
     s = v.dot(v)
     assert s.value == 14.0 and list(s.tangents) == [2.0, 4.0, 6.0]
     assert v[1].value == 2.0 and list(v[1].tangents) == [0.0, 1.0, 0.0]
+
+
+def test_values_is_always_one_array():
+    # a vector of adcore scalars gives its values stacked into one adcore array,
+    # so array operations (matmul, sum, where) apply to it
+    tag = adcore.dispatch.new_tag()
+    v = Vector(XY, [adcore.Dual(1.0, [1.0, 0.0], tag), adcore.Dual(2.0, [0.0, 1.0], tag)])
+    vals = v.values
+    assert type(vals).__name__ == "DualArray"
+    np.testing.assert_array_equal(vals.tangents, np.eye(2))
+    s = adcore.matmul(np.array([[1.0, 3.0]]), vals)
+    assert list(s.tangents.ravel()) == [1.0, 3.0]
+    assert Vector(XY, [1.0, 2.0]).values.dtype == np.float64
+    J = adcore.jacobian(lambda u: Vector(Range(1), adcore.matmul(np.array([[2.0, 5.0]]), u.values)))(
+        Vector(XY, [1.0, 1.0]))
+    assert J[0, "x"] == 2.0 and J[0, "y"] == 5.0
