@@ -18,7 +18,6 @@ import operator
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _dual
 from ..array_ops import (_broadcast_to, _concatenate, _getitem, _matmul, _mean, _primal,
@@ -384,27 +383,40 @@ def _out_size(n: int, k: int, s: int, p: int, name: str) -> int:
     return size
 
 
-def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
-    """(N, C, Ho, Wo, kh, kw) view of every window of a padded (N, C, H, W) array."""
-    return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-
-
 def _pad(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=x.dtype)  # np.pad: 3-10x slower
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
 
 
-def _col2im(gwin: np.ndarray, shape: Tuple[int, ...], sh: int, sw: int,
-            ph: int, pw: int) -> np.ndarray:
-    """The adjoint of ``_windows`` after padding: add each window's cotangent back."""
-    n, c, h, w = shape
-    _, _, ho, wo, kh, kw = gwin.shape
-    gxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=gwin.dtype)
+def _im2col(x: np.ndarray, kh: int, kw: int, stride, padding, ho: int, wo: int) -> np.ndarray:
+    """The (C*kh*kw, N*Ho*Wo) matrix whose column (n, i, j) is the window of output
+    (i, j) of image n, filled one window offset at a time (whole-batch slices)."""
+    (sh, sw) = stride
+    xt = _pad(x, *padding).transpose(1, 0, 2, 3)                 # (C, N, Hp, Wp) view
+    c, n = xt.shape[:2]
+    cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
     for a in range(kh):
         for b in range(kw):
-            gxp[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += gwin[..., a, b]
-    return gxp[:, :, ph:ph + h, pw:pw + w]
+            cols[:, a, b] = xt[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+    return cols.reshape(c * kh * kw, n * ho * wo)
+
+
+def _col2im(gcols: np.ndarray, shape: Tuple[int, ...], kh: int, kw: int, stride,
+            padding) -> np.ndarray:
+    """The adjoint of ``_im2col``: add each window offset's cotangent back in place."""
+    n, c, h, w = shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = gcols.shape[-2:]
+    gcols = gcols.reshape(c, kh, kw, n, ho, wo)
+    gxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=gcols.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            gxp[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += gcols[:, a, b]
+    return np.ascontiguousarray(gxp[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
 
 
 def _check_nchw(x: np.ndarray, name: str) -> None:
@@ -437,19 +449,12 @@ class Conv2d(Primitive):
         wo = _out_size(x.shape[3], w.shape[3], sw, pw, "conv2d")
         return ho, wo
 
-    @staticmethod
-    def _cols(x, kh, kw, stride, padding):
-        """im2col: (N*Ho*Wo, C*kh*kw)."""
-        win = _windows(_pad(x, *padding), kh, kw, *stride)      # (N, C, Ho, Wo, kh, kw)
-        n, c, ho, wo = win.shape[:4]
-        return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-
     def _conv(self, x, w, stride, padding):
         ho, wo = self._geometry(x, w, stride, padding)
         o, c, kh, kw = w.shape
-        cols = self._cols(x, kh, kw, stride, padding)
-        out = cols @ w.reshape(o, -1).T                          # (N*Ho*Wo, O)
-        return np.ascontiguousarray(out.reshape(x.shape[0], ho, wo, o).transpose(0, 3, 1, 2))
+        cols = _im2col(x, kh, kw, stride, padding, ho, wo)
+        out = w.reshape(o, -1) @ cols                            # (O, N*Ho*Wo)
+        return np.ascontiguousarray(out.reshape(o, x.shape[0], ho, wo).transpose(1, 0, 2, 3))
 
     def value(self, x, w, b=None, *, stride=(1, 1), padding=(0, 0)):
         x, w = _float(x), _float(w)
@@ -484,13 +489,13 @@ class Conv2d(Primitive):
         g = np.asarray(g)
         o, c, kh, kw = w.shape
         n, _, ho, wo = g.shape
-        g2 = g.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+        g2 = g.transpose(1, 0, 2, 3).reshape(o, n * ho * wo)
         gx = gw = gb = None
         if needs[1]:
-            gw = (g2.T @ self._cols(x, kh, kw, stride, padding)).reshape(w.shape)
+            gw = (g2 @ _im2col(x, kh, kw, stride, padding, ho, wo).T).reshape(w.shape)
         if needs[0]:
-            gcols = (g2 @ w.reshape(o, -1)).reshape(n, ho, wo, c, kh, kw)
-            gx = _col2im(gcols.transpose(0, 3, 1, 2, 4, 5), x.shape, *stride, *padding)
+            gcols = (w.reshape(o, -1).T @ g2).reshape(c * kh * kw, n, ho, wo)
+            gx = _col2im(gcols, x.shape, kh, kw, stride, padding)
         if len(xs) > 2 and needs[2]:
             gb = g.sum(axis=(0, 2, 3))
         return (gx, gw) if len(xs) == 2 else (gx, gw, gb)
