@@ -42,6 +42,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     engine: str = "adcore"       # "adcore" (reverse mode) or "numpy" (hand-written, MLP only)
     dtype: str = "float32"
+    threads: int = 1             # BLAS threads while training (0: leave numpy's setting)
 
 
 @dataclass
@@ -246,6 +247,17 @@ def train(config: Optional[TrainConfig] = None, progress: bool = True,
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
 
+    restore = limit_blas_threads(config.threads) if config.threads > 0 else None
+    try:
+        return _train(config, params, loss_and_grads, logits, opt,
+                      (xtr, ytr, xte, yte), rng, progress, stream)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _train(config, params, loss_and_grads, logits, opt, data, rng, progress, stream):
+    xtr, ytr, xte, yte = data
     per_epoch = math.ceil(len(xtr) / config.batch_size)
     total = config.epochs * per_epoch
     bar = _Bar(total, f"{config.model}", stream, progress)
@@ -342,15 +354,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (0.003 if args.optimizer == "adam" else 0.05),
         momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
-        seed=args.seed, engine=args.engine, dtype=args.dtype)
-    restore = limit_blas_threads(args.threads) if args.threads > 0 else (lambda: None)
+        seed=args.seed, engine=args.engine, dtype=args.dtype, threads=max(args.threads, 0))
     try:
         result = train(config, progress=not args.quiet)
     except ValueError as e:
         print(f"adcore train: {e}", file=sys.stderr)
         return 2
-    finally:
-        restore()
     print(f"trained {config.model} ({config.engine}, {config.dtype}) for {config.epochs} epochs "
           f"in {result.seconds:.1f} s; final training loss {result.losses[-1]:.4f}")
     if args.plot:
