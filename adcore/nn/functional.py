@@ -202,10 +202,11 @@ class CrossEntropy(Primitive):
         n, c = z.shape
         y = _labels(labels, n, c)
         picked = z[np.arange(n), y]
-        e = z - z.max(axis=1, keepdims=True)
+        m = z.max(axis=1)
+        e = z - m[:, None]
         np.exp(e, out=e)
         loss = np.log(e.sum(axis=1))
-        loss += z.max(axis=1)
+        loss += m
         loss -= picked
         out = loss.sum() * loss.dtype.type(1.0 / n)
         if not np.isfinite(out):  # inf logits: the careful logsumexp decides inf or nan
