@@ -27,6 +27,7 @@ A row is ``Rule(name, arity, value, partials, domain, ...)``:
 
 Conventions at non-differentiable points (PyTorch's): abs'(0) = sign(0) = 0,
 relu'(0) = 0, maximum/minimum split a tie 1/2 : 1/2, sqrt'(0) = cbrt'(0) = inf,
+d/dy x**y = 0 at x = 0 (the exponent does not move 0**y),
 floor/ceil/round/sign have derivative 0 everywhere.  Everywhere in the
 kernels a zero tangent or cotangent contributes exactly zero, even through an
 infinite or NaN partial, so an untaken ``where`` branch cannot poison a
@@ -72,7 +73,7 @@ RULES: Tuple[Rule, ...] = (
     Rule("mul", 2, "x * y", ("y", "x"), B, operator="*"),
     Rule("div", 2, "x / y", ("1.0 / y", "-r / y"), ((-3.0, 3.0), (0.5, 3.0)), operator="/"),
     Rule("neg", 1, "-x", ("-1.0",), U, operator="unary -"),
-    Rule("pow", 2, "pow(x, y)", ("mulz(y, pow(x, y - 1.0))", "xlogy(r, x)"),
+    Rule("pow", 2, "pow(x, y)", ("mulz(y, pow(x, y - 1.0))", "r * logz(x)"),
          ((0.2, 3.0), (-2.0, 2.5)), operator="**",
          kinks=(((0.0, 2.0), (0.0, 0.0)), ((0.0, 0.0), (0.0, 0.0)))),
     # helpers that other rules' partials use
@@ -148,6 +149,8 @@ RULES: Tuple[Rule, ...] = (
          operator="=="),
     Rule("not_equal", 2, "(1.0 if x != y else 0.0)", ("0.0", "0.0"), B, compare=True,
          operator="!="),
+    # log with log(0) := 0: pow's exponent partial is 0 at base 0 (JAX's and PyTorch's choice)
+    Rule("logz", 1, "(0.0 if x == 0.0 else log(x))", ("1.0 / x",), POS, public=False),
 )
 
 OPCODES = {rule.name: i for i, rule in enumerate(RULES)}

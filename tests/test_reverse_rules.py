@@ -55,12 +55,7 @@ def test_reverse_equals_forward(rule):
 def _kink_cases():
     for r in RULES:
         for point, expected in r.kinks:
-            marks = ()
-            if r.name == "pow" and point == (0.0, 0.0):
-                # the row's partial xlogy(r, x) is 1 * log(0) = -inf at 0**0; its kinks
-                # entry says 0.  Forward mode gives -inf too (checked below).
-                marks = pytest.mark.xfail(strict=True, reason="rule table: pow kink at (0, 0)")
-            yield pytest.param(r, point, expected, marks=marks, id=f"{r.name}{point}")
+            yield pytest.param(r, point, expected, id=f"{r.name}{point}")
 
 
 @pytest.mark.parametrize("rule, point, expected", list(_kink_cases()))
