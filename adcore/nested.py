@@ -149,18 +149,38 @@ class NestedDual:
         tag = max(a._ad_tag for a in args if getattr(a, "_ad_tag", None) is not None)
         values, tangents, k = _split_args(args, tag)
         parts = list(values) + [t for ts in tangents if ts is not None for t in ts]
-        if any(getattr(p, "_ad_tag", None) is not None for p in parts):
+        if not any(getattr(p, "_ad_tag", None) is not None for p in parts):
+            return _plain_primitive(prim, values, tangents, params, tag)
+        # parts of outer differentiations: the tangent map of a linear primitive is the
+        # primitive itself (bilinear: one term per factor), applied to the parts through
+        # the dispatcher, so the outer differentiations see ordinary primitive calls
+        if prim.name not in _LINEAR and prim.name not in _BILINEAR:
             raise NestingError(
-                f"adcore.{prim.name}: array primitives cannot yet carry a differentiation "
-                f"nested inside another forward-mode differentiation (tag {tag}); "
-                f"use element-wise operations, or adcore.hessian/hvp for second derivatives")
-        from ._dual import wrap_forward
-        xs = [np.asarray(v) if not isinstance(v, (float, int)) else v for v in values]
-        dxs = [None if ts is None else np.stack([np.broadcast_to(np.asarray(t, dtype=float),
-                                                                 np.shape(x)) for t in ts])
-               for x, ts in zip(xs, tangents)]
-        out = prim.value(*xs, **params)
-        return wrap_forward(out, prim.jvp(xs, dxs, out, **params), tag)
+                f"adcore.{prim.name}: this array primitive cannot carry a differentiation "
+                f"nested inside another one (tag {tag}); linear ones "
+                f"({', '.join(sorted(_LINEAR | _BILINEAR))}) can")
+        r = prim(*values, **params)
+        out: List[Any] = []
+        for j in range(k):
+            if prim.name in _LINEAR:
+                moving = [ts is not None and not _is_zero(ts[j]) for ts in tangents]
+                if not any(moving):
+                    out.append(0.0)
+                    continue
+                targs = [tangents[i][j] if moving[i] else _zeros_of(values[i])
+                         for i in range(len(values))]
+                out.append(prim(*targs, **params))
+            else:
+                term: Any = 0.0
+                for i, ts in enumerate(tangents):
+                    if ts is None or _is_zero(ts[j]):
+                        continue
+                    factors = list(values)
+                    factors[i] = ts[j]
+                    piece = prim(*factors, **params)
+                    term = piece if _is_zero(term) else term + piece
+                out.append(term)
+        return _build(r, out, tag)
 
     # -- operators: everything dispatches
 
@@ -198,9 +218,63 @@ class NestedDual:
     def shape(self) -> Tuple[int, ...]:
         return tuple(np.shape(_primal(self)))
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def dtype(self) -> Any:
+        return np.asarray(_primal(self)).dtype
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d NestedDual")
+        return self.shape[0]
+
+    def __iter__(self) -> Any:
+        for i in range(len(self)):
+            yield self[i]
+
     def __getitem__(self, index: Any) -> Any:
         from .array_ops import getitem
         return getitem(self, index)
+
+    def __matmul__(self, o: Any) -> Any:
+        from .array_ops import matmul
+        return matmul(self, o) if _is_operand(o) else NotImplemented
+
+    def __rmatmul__(self, o: Any) -> Any:
+        from .array_ops import matmul
+        return matmul(o, self) if _is_operand(o) else NotImplemented
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Any:
+        from .array_ops import sum as sum_
+        return sum_(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Any:
+        from .array_ops import mean
+        return mean(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> Any:
+        from .array_ops import reshape
+        if len(shape) == 1 and not isinstance(shape[0], int):
+            shape = shape[0]
+        return reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> Any:
+        from .array_ops import transpose
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = axes[0]
+        return transpose(self, tuple(axes) if axes else None)
+
+    @property
+    def T(self) -> Any:
+        from .array_ops import transpose
+        return transpose(self)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if method != "__call__" or kwargs:
@@ -213,6 +287,32 @@ class NestedDual:
         if op is None:
             return NotImplemented
         return apply(op, inputs)
+
+
+#: array primitives linear in their inputs jointly (tangent = the primitive of the tangents)
+_LINEAR = frozenset({"getitem", "sum", "mean", "reshape", "transpose", "broadcast_to",
+                     "concatenate", "stack"})
+#: bilinear: d(a @ b) = da @ b + a @ db
+_BILINEAR = frozenset({"matmul"})
+
+
+def _zeros_of(x: Any) -> Any:
+    value = _primal(x)
+    if np.ndim(value) == 0:
+        return 0.0
+    value = np.asarray(value)
+    return np.zeros(value.shape, dtype=value.dtype if value.dtype == np.float32 else np.float64)
+
+
+def _plain_primitive(prim: Any, values: List[Any], tangents: List[Optional[List[Any]]],
+                     params: Dict[str, Any], tag: int) -> Any:
+    from ._dual import wrap_forward
+    xs = [np.asarray(v) if not isinstance(v, (float, int)) else v for v in values]
+    dxs = [None if ts is None else np.stack([np.broadcast_to(np.asarray(t, dtype=float),
+                                                             np.shape(x)) for t in ts])
+           for x, ts in zip(xs, tangents)]
+    out = prim.value(*xs, **params)
+    return wrap_forward(out, prim.jvp(xs, dxs, out, **params), tag)
 
 
 _OP = {rule.name: rule.opcode for rule in RULES}
