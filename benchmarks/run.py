@@ -134,7 +134,8 @@ def markdown(results):
 
         def cell(r, name):
             if r["status"] != "ok":
-                return f"{name}: {'wrong' if r['status'] == 'wrong' else r['status']}"
+                word = {"wrong": "WRONG", "error": "failed"}.get(r["status"], r["status"])
+                return f"{name or 'adcore'} {word}"
             x = f"{r['value']:.1f} {w.unit}" if w.kind == "value" else f"{r['ratio']:.2f}x"
             return f"{name} {x}".strip()
         ad = [cell(r, r["impl"][len("adcore"):].strip(" ()")) for r in rs
