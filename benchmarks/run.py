@@ -277,7 +277,10 @@ def main(argv=None):
     emit("Summary (adcore rows with a target):")
     emit(f"  {'workload':<18} {'implementation':<26} {'ratio':>10}  {'target':<12} verdict")
     for w, r in results:
-        if r["impl"].startswith("adcore") and w.target and r["status"] == "ok":
+        if r["impl"].startswith("adcore") and w.target:
+            if r["status"] != "ok":
+                emit(f"  {w.name:<18} {r['impl']:<26} {'-':>10}  {w.target:<12} {r['status']}")
+                continue
             x = (f"{r['value']:.1f} {w.unit}" if w.kind == "value" else f"{r['ratio']:.2f}x")
             emit(f"  {w.name:<18} {r['impl']:<26} {x:>10}  {w.target:<12} {verdict(w, r)}")
     md = markdown(results)
