@@ -234,7 +234,8 @@ def main(argv=None):
     emit(f"command:  {cmd}")
     emit(f"machine:  {machine()}")
     emit(f"python:   {platform.python_version()} ({sys.executable})")
-    emit(f"adcore:   {adcore_where(env)}")
+    where = adcore_where(env)
+    emit(f"adcore:   {where}")
     emit(f"peers:    {versions()}")
     emit("method:   one thread (BLAS/OpenMP/XLA/torch); each row in its own process; 16 MiB "
          "allocated+freed first;")
@@ -291,7 +292,9 @@ def main(argv=None):
         emit(line)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"date": now, "command": cmd, "machine": machine(),
+            json.dump({"date": now, "command": cmd, "machine": machine(), "mode": mode,
+                       "python": platform.python_version(), "adcore": where,
+                       "versions": versions(), "markdown": md,
                        "rows": [r for _, r in results]}, fh, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as fh:
