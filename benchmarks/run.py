@@ -38,20 +38,24 @@ PEERS = {"jax jit": "jax", "torch": "torch", "autograd": "autograd", "ad": "ad",
          "uncertainties": "uncertainties"}
 SETTINGS = {
     # pairs of (candidate batch, baseline batch), seconds per batch, cap per case
-    "quick": {"pairs": 7, "batch_s": 0.005, "budget_s": 1.5, "timeout": 240},
-    "full": {"pairs": 21, "batch_s": 0.02, "budget_s": 8.0, "timeout": 600},
+    # short batches keep the two halves of a pair close in time; many pairs let
+    # the median skip the ones a burst of load on the shared machine hit
+    "quick": {"pairs": 15, "batch_s": 0.002, "budget_s": 1.5, "timeout": 240},
+    "full": {"pairs": 61, "batch_s": 0.005, "budget_s": 8.0, "timeout": 600},
 }
 
 
 # ------------------------------------------------------------------ one case (child)
 
-def run_case(name, label, mode):
+def run_case(name, label, mode, clock):
     os.environ.update(one_thread_env())
     res = {"workload": name, "impl": label}
     try:
         import traceback
 
-        from _timing import compare, limit_threads, warm_allocator
+        from _timing import compare, limit_threads, use_clock, warm_allocator
+
+        use_clock(clock)
         from workloads import BY_NAME, CheckFailed, Skip
 
         w = BY_NAME[name]
@@ -195,6 +199,9 @@ def main(argv=None):
                          "adcore, torch, jax, autograd, ad, uncertainties")
     ap.add_argument("--markdown", help="also write the summary as a markdown table here")
     ap.add_argument("--json", help="also write every row's raw figures here (JSON)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="time by the process's CPU time (default: robust to other jobs "
+                         "on a shared machine) or by wall time")
     ap.add_argument("--out", help="also write the report to this file")
     ap.add_argument("--list", action="store_true", help="list workloads and implementations")
     ap.add_argument("--case", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
@@ -202,7 +209,8 @@ def main(argv=None):
     mode = "quick" if args.quick else "full"
 
     if args.case:
-        print(RESULT + json.dumps(run_case(args.case[0], args.case[1], mode)), flush=True)
+        print(RESULT + json.dumps(run_case(args.case[0], args.case[1], mode, args.clock)),
+              flush=True)
         return 0
 
     from workloads import WORKLOADS
@@ -237,8 +245,9 @@ def main(argv=None):
     where = adcore_where(env)
     emit(f"adcore:   {where}")
     emit(f"peers:    {versions()}")
+    clock = {"cpu": "process CPU time", "wall": "wall time"}[args.clock]
     emit("method:   one thread (BLAS/OpenMP/XLA/torch); each row in its own process; 16 MiB "
-         "allocated+freed first;")
+         f"allocated+freed first; clock: {clock};")
     emit(f"          candidate and baseline timed alternately, {SETTINGS[mode]['pairs']} pairs "
          f"of ~{SETTINGS[mode]['batch_s'] * 1e3:.0f} ms batches (fewer for slow rows), "
          "median per-call times, ratio = median of per-pair ratios [quartiles];")
@@ -258,7 +267,8 @@ def main(argv=None):
                 continue
             try:
                 p = subprocess.run([sys.executable, os.path.abspath(__file__), "--case",
-                                    w.name, label] + (["--quick"] if args.quick else []),
+                                    w.name, label, "--clock", args.clock]
+                                   + (["--quick"] if args.quick else []),
                                    env=env, capture_output=True, text=True,
                                    timeout=SETTINGS[mode]["timeout"])
                 found = [ln for ln in p.stdout.splitlines() if ln.startswith(RESULT)]
@@ -293,6 +303,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"date": now, "command": cmd, "machine": machine(), "mode": mode,
+                       "clock": clock,
                        "python": platform.python_version(), "adcore": where,
                        "versions": versions(), "markdown": md,
                        "rows": [r for _, r in results]}, fh, indent=1)

@@ -9,6 +9,7 @@ independent reference before it is timed: a fast wrong derivative is never
 reported as a figure.
 """
 
+import functools
 import math
 import time
 
@@ -142,9 +143,8 @@ def seed_setup():
 
 
 def seed_baseline(ctx):
-    a, b, c, x, y = ctx["a"], ctx["b"], ctx["c"], ctx["x"], ctx["y"]
-    f = P.seed_poly
-    return lambda: f(a, b, c, x, y)
+    # partial: no Python wrapper call around a 0.2 us evaluation
+    return functools.partial(P.seed_poly, ctx["a"], ctx["b"], ctx["c"], ctx["x"], ctx["y"])
 
 
 def seed_check(ctx, out):
@@ -248,13 +248,11 @@ def program_setup():
 
 
 def program_baseline(ctx):
-    f, X = ctx["f"], P.PROGRAM_INPUTS
-    return lambda: f(*X, math.sin, math.exp)
+    return functools.partial(ctx["f"], *P.PROGRAM_INPUTS, math.sin, math.exp)
 
 
 def program_baseline2(ctx):
-    f, X = ctx["f"], P.PROGRAM_INPUTS2
-    return lambda: f(*X, math.sin, math.exp)
+    return functools.partial(ctx["f"], *P.PROGRAM_INPUTS2, math.sin, math.exp)
 
 
 def dual_program_check(ctx, out):
