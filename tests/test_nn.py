@@ -641,3 +641,9 @@ def test_jvp_rules_differentiate_again(name, xs, params, i):
     w = rng.standard_normal(fd.shape)
     g = adcore.grad(lambda xi: ops.sum(jvp_at(xi) * w))(xs[i])
     np.testing.assert_allclose(np.sum(g * u), np.sum(fd * w), rtol=1e-5, atol=1e-6)
+
+
+def test_activations_are_the_rule_tables():
+    for name in ("relu", "tanh", "sigmoid", "softplus", "gelu"):
+        assert getattr(nn, name) is getattr(adcore, name)
+    assert not set(nn.__all__) - set(dir(nn))

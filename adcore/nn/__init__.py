@@ -4,6 +4,7 @@ Parameters are plain trees (dicts and lists of numpy arrays), so models work
 with ``adcore.grad`` / ``adcore.value_and_grad`` and with recorded tapes.
 """
 
+from .._dual import gelu, relu, sigmoid, softplus, tanh  # rows of the rule table
 from . import data, functional, layers, optim
 from .data import batches, load_digits, train_test_split
 from .functional import (avg_pool2d, conv2d, cross_entropy, dropout, flatten, linear,
@@ -21,4 +22,5 @@ __all__ = [
     "MLP", "Activation", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Layer", "Linear",
     "MaxPool2d", "Sequential", "count_parameters", "glorot_normal", "glorot_uniform",
     "he_normal", "he_uniform", "SGD", "Adam",
+    "gelu", "relu", "sigmoid", "softplus", "tanh",
 ]
