@@ -197,16 +197,18 @@ def _perturbed(xs: Sequence[Any], i: int, flat: int, h: float) -> Tuple[Any, ...
 
 
 def finite_difference_check(prog: Program, xs: Sequence[Any], jac: Sequence[np.ndarray],
-                            h: float = 1e-5) -> int:
+                            h: float = 1e-5, fn: Any = None) -> int:
     """Central differences with steps h and h/2 (Richardson) against jac.
 
     An entry is compared only where every stencil point takes the branches of x
     (no kink inside the stencil) and the two steps agree (the function is well
     conditioned there); the tolerance grows with the steps' disagreement.
+    ``fn`` (default: the program) is the function whose derivative jac is.
     Returns the number of entries compared.
     """
     base = branches_at(prog, xs)
-    f = lambda *a: np.asarray(run(prog, a), dtype=np.float64)  # noqa: E731
+    fn = fn if fn is not None else (lambda *a: run(prog, a))
+    f = lambda *a: np.asarray(fn(*a), dtype=np.float64)  # noqa: E731
     compared = 0
     for i, x in enumerate(xs):
         size = 1 if isinstance(x, float) else np.size(x)
@@ -330,6 +332,27 @@ def test_random_array_programs_with_broadcasting(rnd):
     check_program(prog, random_inputs(rnd, prog), rnd)
 
 
+@CI
+@given(st.randoms(use_true_random=False))
+def test_hessian_of_random_scalar_programs(rnd):
+    # exact second derivatives (reverse over forward) against central differences of
+    # the reverse-mode gradient, over a named coordinate set
+    prog = random_program(rnd, shape=None)
+    note(str(prog))
+    xs = random_inputs(rnd, prog)
+    assume(SINGULAR not in branches_at(prog, xs))
+    n = len(xs)
+    names = Named(*[f"x{i}" for i in range(n)])
+    H = adcore.hessian(lambda v: run(prog, tuple(v[c] for c in names)))(
+        Vector(names, list(xs))).values
+    scale = _scale([H])
+    assume(scale < 1e8)  # near a singularity: differences of gradients cannot judge
+    assert_close("hessian symmetry", H, H.T, rtol=1e-9, atol=1e-9 * scale)
+    nums = tuple(range(n))
+    gradient = lambda *a: np.array(adcore.grad(lambda *b: run(prog, b), argnums=nums)(*a))  # noqa: E731
+    finite_difference_check(prog, xs, [H[:, i] for i in nums], h=1e-4, fn=gradient)
+
+
 def test_the_checker_catches_a_wrong_derivative():
     # the finite-difference check must fail for a Jacobian that is off by 1e-4
     prog = Program((None,), (("sin", ((0, None),)), ("mul", ((1, (-3.0, 3.0)), (0, None)))))
@@ -388,14 +411,17 @@ def test_zero_dimensional_arrays_in_reverse_mode():
     assert tape.jacobian(x) == want
 
 
-@pytest.mark.xfail(strict=True, reason="reverse mode: an infinite partial behind a zero "
-                   "partial gives inf * 0 = NaN in the reverse sweep (adcore/_tape.pyx, "
-                   "_tape_sweeps.pxi.tp), where forward mode gives 0")
-@pytest.mark.parametrize("f", [lambda x: adcore.sqrt(adcore.relu(x)),
-                               lambda x: adcore.cbrt(x * 0.0),
-                               lambda x: adcore.sqrt(adcore.floor(x)),
-                               lambda x: adcore.cbrt(adcore.less(x, 0.0))],
-                         ids=["sqrt(relu)", "cbrt(x*0)", "sqrt(floor)", "cbrt(less)"])
+NAN_BEHIND_ZERO = pytest.mark.xfail(
+    strict=True, reason="reverse mode: an infinite partial behind a zero partial (relu's "
+    "below 0, a product's constant 0 factor) gives inf * 0 = NaN in the reverse sweep "
+    "(adcore/_tape.pyx, _tape_sweeps.pxi.tp), where forward mode gives 0")
+
+
+@pytest.mark.parametrize("f", [
+    pytest.param(lambda x: adcore.sqrt(adcore.relu(x)), id="sqrt(relu)", marks=NAN_BEHIND_ZERO),
+    pytest.param(lambda x: adcore.cbrt(x * 0.0), id="cbrt(x*0)", marks=NAN_BEHIND_ZERO),
+    pytest.param(lambda x: adcore.sqrt(adcore.floor(x)), id="sqrt(floor)"),
+    pytest.param(lambda x: adcore.cbrt(adcore.less(x, 0.0)), id="cbrt(less)")])
 def test_zero_partial_before_an_infinite_one(f):
     # found by the random programs (cbrt of a comparison's 0.0): f is constant 0 near
     # x = -0.5 (or 0.5), so its derivative is 0; forward mode says so, reverse must too
@@ -535,3 +561,51 @@ def test_matrix_of_random_linear_maps(rnd):
         assert_close(f"jacobian ({mode}) of a linear map", J.values, M,
                      rtol=1e-12, atol=1e-12)
     assert_close("F @ v", (F @ x).values, f(x).values, rtol=1e-12, atol=1e-12)
+
+
+# conventions at non-differentiable points (README, and each rule's `kinks`): the same
+# numbers from forward mode, reverse mode, a tape replayed at the point where it was
+# recorded and a tape recorded elsewhere and replayed at the point
+
+INF = float("inf")
+CONVENTIONS = [(f"{r.name}{point}", r.name, point, partials)
+               for r in RULES for point, partials in r.kinks] + [
+    ("sqrt(0.0,)", "sqrt", (0.0,), (INF,)),
+    ("cbrt(0.0,)", "cbrt", (0.0,), (INF,)),
+    ("pow(0.0, 1.0)", "pow", (0.0, 1.0), (1.0, 0.0)),
+    ("floor(2.0,)", "floor", (2.0,), (0.0,)),
+    ("ceil(-1.0,)", "ceil", (-1.0,), (0.0,)),
+    ("round(0.5,)", "round", (0.5,), (0.0,)),
+    ("sign(0.0,)", "sign", (0.0,), (0.0,)),
+    ("less(1.0, 1.0)", "less", (1.0, 1.0), (0.0, 0.0)),
+    ("greater_equal(1.0, 1.0)", "greater_equal", (1.0, 1.0), (0.0, 0.0)),
+    ("where(1.0, 2.0, 3.0)", "where", (1.0, 2.0, 3.0), (0.0, 1.0, 0.0)),
+    ("where(0.0, 2.0, 3.0)", "where", (0.0, 2.0, 3.0), (0.0, 0.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize("label, name, point, partials",
+                         [pytest.param(*c, id=c[0]) for c in CONVENTIONS])
+def test_conventions_in_every_mode(label, name, point, partials):
+    fn = getattr(adcore, name)
+    nums = tuple(range(len(point)))
+    want = list(partials)
+    forward = [adcore.jvp(fn, point, tuple(float(i == j) for j in nums))[1] for i in nums]
+    assert forward == want, ("forward", forward)
+    reverse = list(adcore.grad(fn, argnums=nums)(*point))
+    assert reverse == want, ("reverse", reverse)
+    assert list(_as_tuple(adcore.record(fn, *point).gradient(*point))) == want, "replay"
+    elsewhere = tuple(v + 0.25 for v in point)
+    assert list(_as_tuple(adcore.record(fn, *elsewhere).gradient(*point))) == want, \
+        "replay of a tape recorded elsewhere"
+    # and element-wise on arrays, the kink in the middle of smooth points
+    arrays = tuple(np.array([v - 0.375, v, v + 0.375]) for v in point)
+    g = adcore.grad(lambda *a: adcore.sum(fn(*a)), argnums=nums)(*arrays)
+    assert [float(gi[1]) for gi in g] == want, ("reverse, arrays", g)
+    tangents = [adcore.jvp(fn, arrays, tuple(np.ones(3) * (i == j) for j in nums))[1]
+                for i in nums]
+    assert [float(t[1]) for t in tangents] == want, ("forward, arrays", tangents)
+
+
+def _as_tuple(g):
+    return g if isinstance(g, tuple) else (g,)
