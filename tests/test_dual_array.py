@@ -174,3 +174,11 @@ def test_errors():
             DualArray._ad_apply(bad, (x,))
         with pytest.raises(ValueError, match="opcode"):
             Dual._ad_apply(bad, (Dual(1.0, [1.0]),))
+
+
+def test_a_primitive_with_wrong_tangent_shapes_is_reported():
+    from adcore._dual import wrap_forward
+    with pytest.raises(ValueError, match=r"expected \(k,\) \+ \(3,\)"):
+        wrap_forward(np.ones(3), np.ones((1, 4)), 1)
+    with pytest.raises(ValueError, match="expected"):
+        wrap_forward(np.ones(3), np.ones(3), 1)
