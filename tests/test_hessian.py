@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import adcore
-from adcore import CoordinateError, Matrix, Named, NestingError, Range, Vector
+from adcore import CoordinateError, Matrix, Named, Range, Vector
 
 C0 = Named("x", "y")
 
@@ -82,14 +82,6 @@ def test_scalar_input():
     assert adcore.hvp(lambda t: t ** 3, 2.0, 1.5) == pytest.approx(6 * 2.0 * 1.5)
 
 
-# Array inputs need array primitives (sum, indexing, matmul) on nested duals,
-# which forward mode does not support yet (adcore/nested.py); element-wise ops
-# alone would pass.
-_ARRAY_PENDING = pytest.mark.xfail(raises=NestingError, strict=False,
-                                   reason="array primitives inside nested duals")
-
-
-@_ARRAY_PENDING
 def test_hessian_of_an_array_function():
     x = np.array([0.3, -0.4, 1.1])
     H = adcore.hessian(lambda a: adcore.sum(a ** 3))(x)
@@ -116,3 +108,33 @@ def test_hessian_of_linear_and_quadratic_forms():
     linear = lambda v: 3.0 * v["a"] - v["c"]  # noqa: E731
     assert np.array_equal(np.asarray(adcore.hessian(linear)(x)), np.zeros((3, 3)))
     assert adcore.hvp(linear, x, x) == Vector(C, [0.0, 0.0, 0.0])
+
+
+def _rosen_vec(x):
+    a = x[:-1]
+    return adcore.sum(100.0 * (x[1:] - a * a) ** 2 + (1.0 - a) ** 2)
+
+
+@pytest.mark.parametrize("n", [2, 7, 30])
+def test_vectorized_rosenbrock_on_arrays(n):
+    rng = np.random.default_rng(n + 100)
+    x = rng.uniform(-1.2, 1.2, n)
+    H = adcore.hessian(_rosen_vec)(x)
+    assert H.in_coords == Range(n) and np.asarray(H).shape == (n, n)
+    np.testing.assert_allclose(np.asarray(H), _rosen_hess(x), rtol=1e-12, atol=1e-10)
+    v = rng.standard_normal(n)
+    hv = adcore.hvp(_rosen_vec, x, v)
+    assert isinstance(hv, np.ndarray) and hv.shape == (n,)
+    np.testing.assert_allclose(hv, _rosen_hess(x) @ v, rtol=1e-12, atol=1e-10)
+
+
+def test_hessian_through_matmul_and_tanh():
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((4, 6)) * 0.5
+    x = rng.standard_normal(6)
+    f = lambda a: adcore.sum(adcore.tanh(adcore.matmul(W, a)) ** 2)  # noqa: E731
+    t = np.tanh(W @ x)
+    expected = W.T @ np.diag(2 * (1 - t ** 2) * (1 - 3 * t ** 2)) @ W
+    np.testing.assert_allclose(np.asarray(adcore.hessian(f)(x)), expected, rtol=1e-12, atol=1e-14)
+    v = rng.standard_normal(6)
+    np.testing.assert_allclose(adcore.hvp(f, x, v), expected @ v, rtol=1e-12, atol=1e-14)
