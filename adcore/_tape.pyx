@@ -11,6 +11,7 @@ See ARCHITECTURE.md, "The tape".
 """
 
 cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
 from cpython.exc cimport PyErr_NoMemory
 from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -80,6 +81,18 @@ cdef struct EwArg:
     double* g
 
 include "_tape_sweeps.pxi"
+
+
+cdef void* _ptr(object arr) except NULL:
+    """The data pointer of a C-contiguous array (the caller keeps arr alive)."""
+    cdef Py_buffer view
+    cdef void* p
+    PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS)
+    p = view.buf
+    PyBuffer_Release(&view)
+    if p == NULL:
+        raise TapeError("an array without data")
+    return p
 
 
 # ------------------------------------------------------------ per-thread state
@@ -369,6 +382,7 @@ cdef class Tape:
         cdef int slots[3]
         cdef double vals[3]
         cdef int nconst = 0, cpos = -1, k
+        vals[0] = vals[1] = vals[2] = 0.0
         for k in range(ar):
             a = args[k]
             if isinstance(a, TapeValue):
@@ -402,7 +416,11 @@ cdef class Tape:
                 shapes.append(a.shape)
                 f64 = f64 or a.dtype != _f32
         try:
-            shape = np.broadcast_shapes(*shapes)
+            shape = shapes[0]
+            for sh in shapes:
+                if sh != shape:
+                    shape = np.broadcast_shapes(*shapes)
+                    break
         except ValueError:
             raise ValueError(f"{RULE_NAMES[op]}: operands could not be broadcast together "
                              f"with shapes {' '.join(map(str, shapes))}") from None
@@ -450,7 +468,7 @@ cdef class Tape:
                                     f"{n} elements")
                 arr = np.ascontiguousarray(arr, np.float64)
                 keep.append(arr)
-                e[k].p = <const double*><size_t>arr.ctypes.data
+                e[k].p = <const double*>_ptr(arr)
                 e[k].st = 1
             elif kind == "s":
                 e[k].c = vals[<Py_ssize_t>ref]
@@ -466,7 +484,7 @@ cdef class Tape:
         cdef Py_ssize_t n = out.size
         self._ew_args(refs, e, vals, arrays, keep, n)
         res = out if out.dtype == _f64 else np.empty(out.shape, np.float64)
-        cdef double* po = <double*><size_t>res.ctypes.data
+        cdef double* po = <double*>_ptr(res)
         with nogil:
             ew_value(op, e, po, n)
         if res is not out:
@@ -630,15 +648,15 @@ cdef class Tape:
                     ga = aadj.get(ref)
                     if ga is None:
                         ga = aadj[ref] = np.zeros(wa[ref].shape, np.float64)
-                    e[k].g = <double*><size_t>ga.ctypes.data
+                    e[k].g = <double*>_ptr(ga)
                 elif kind2 == "s" and self._needs(ref):
                     e[k].g = &adj[<Py_ssize_t>ref]
             gc = np.ascontiguousarray(g, np.float64)
             od = np.ascontiguousarray(out, np.float64)
             if gc.size != n or od.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
-            po = <const double*><size_t>od.ctypes.data
-            pg = <const double*><size_t>gc.ctypes.data
+            po = <const double*>_ptr(od)
+            pg = <const double*>_ptr(gc)
             with nogil:
                 ew_reverse(op, e, po, pg, n)
         else:
@@ -724,7 +742,9 @@ cdef class Tape:
         cdef double* w = self.val
         wa = self.avals
         if _work is not None:
-            rp = <Replay>_work
+            rp = <Replay?>_work
+            if rp.tape is not self:
+                raise TapeError("a replay of another tape")
             w = rp.w
             wa = rp.wa
         for slot, g in seeds.items():
@@ -755,18 +775,34 @@ cdef class Tape:
         if len(values) != len(self.in_leaves):
             raise TypeError(f"the tape takes {len(self.in_leaves)} input leaves, "
                             f"got {len(values)}")
+        if self.in_leaves is None:
+            raise TapeError("only tapes made by adcore.record can be replayed")
         cdef Replay rp = Replay.__new__(Replay)
+        rp.tape = self
         rp.n = self.n
         rp.w = <double*>malloc((self.n if self.n else 1) * sizeof(double))
         if rp.w == NULL:
             raise MemoryError()
         memcpy(rp.w, self.val, self.n * sizeof(double))
         rp.wa = dict(self.avals)
+        cdef Py_ssize_t si
         for (slot, shape, dt), v in zip(self.in_leaves, values):
+            si = slot
+            # in_leaves is a public attribute: never trust it with a C index
+            if si < 0 or si >= self.n:
+                raise TapeError(f"input slot {si} out of range")
             if shape is None:
-                rp.w[<Py_ssize_t>slot] = v
+                if self.ins[si].op != K_INPUT:
+                    raise TapeError(f"slot {si} is not a scalar input")
+                rp.w[si] = v
             else:
-                rp.wa[slot] = v
+                if self.ins[si].op != K_ARRAY or self.aux[self.ins[si].a0][0] != "input":
+                    raise TapeError(f"slot {si} is not an array input")
+                v = np.asarray(v)
+                if v.shape != self.avals[si].shape or v.dtype != self.avals[si].dtype:
+                    raise ValueError(f"input of shape {v.shape} and dtype {v.dtype} for a "
+                                     f"recorded {self.avals[si].shape} {self.avals[si].dtype}")
+                rp.wa[si] = np.ascontiguousarray(v)
         self._forward(rp.w, rp.wa)
         return rp
 
@@ -776,6 +812,8 @@ cdef class Tape:
             raise IndexError("slot out of range")
         if rp is None:
             return self._value_of(slot, self.val, self.avals)
+        if rp.tape is not self:
+            raise TapeError("a replay of another tape")
         return self._value_of(slot, rp.w, rp.wa)
 
     def is_array_slot(self, Py_ssize_t slot):
@@ -848,7 +886,7 @@ cdef class Tape:
             val[:] = v
         return ins, val, list(self.aux), dict(self.avals)
 
-    def _import(self, ops, flags, a0, a1, a2, val, aux, avals):
+    cdef _import(self, ops, flags, a0, a1, a2, val, aux, avals):
         """Fill an empty tape from arrays that the loader has validated."""
         cdef Py_ssize_t n = len(ops), i
         if self.n or self.recording:
@@ -899,6 +937,7 @@ cdef class Replay:
     cdef double* w
     cdef Py_ssize_t n
     cdef dict wa
+    cdef Tape tape
 
     def __dealloc__(self):
         free(self.w)
@@ -1682,7 +1721,7 @@ def _build(ins, val, meta, blob):
             len(meta["out_leaves"]) != out_tree.num_leaves:
         raise _bad("output leaves do not match the output structure")
     out_leaves = [ref(r, n, True, "output") for r in meta["out_leaves"]]
-    t = Tape()
+    cdef Tape t = Tape()
     t._import(ops, flags, a0, a1, a2, val, aux, avals)
     t.in_tree = in_tree
     t.in_leaves = in_leaves
