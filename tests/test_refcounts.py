@@ -28,37 +28,34 @@ import adcore
 from adcore import Dual, DualArray
 
 
-def _blocks_after(fn, n):
+def _growth(measure, fn, n):
     gc.collect()
-    before = sys.getallocatedblocks()
+    before = measure()
     for _ in range(n):
         fn()
     gc.collect()
-    return sys.getallocatedblocks() - before
+    return measure() - before
 
 
-def assert_no_leak(fn, n=2000, slack=64):
-    """fn() n times after a warm-up: live Python objects and traced memory stay flat."""
-    for _ in range(n):  # caches, free lists, lazily built tables fill up first
+def assert_no_leak(fn, n=1000, slack=64):
+    """Live Python objects and traced memory stay flat over n calls of fn.
+
+    Each is measured over two windows of n calls and the smaller growth counts: a
+    leak grows both, a cache that fills up (abc's subclass caches, numpy's) only
+    the first.
+    """
+    for _ in range(200):
         fn()
-    grown = _blocks_after(fn, n)
+    grown = min(_growth(sys.getallocatedblocks, fn, n) for _ in range(2))
     assert grown < slack, f"{grown} more live Python blocks after {n} calls"
     tracemalloc.start()
     try:
-        # traced warm-up too: a cache that replaces its entries would otherwise look
-        # like growth (untraced entries freed, traced ones allocated)
-        for _ in range(n // 2):
-            fn()
-        gc.collect()
-        start, _ = tracemalloc.get_traced_memory()
-        for _ in range(n):
-            fn()
-        gc.collect()
-        end, _ = tracemalloc.get_traced_memory()
+        traced = min(_growth(lambda: tracemalloc.get_traced_memory()[0], fn, n)
+                     for _ in range(2))
     finally:
         tracemalloc.stop()
-    # one leaked float (24 bytes) per call would be 48 KB
-    assert end - start < 16 * 1024, f"traced memory grew by {end - start} bytes in {n} calls"
+    # one leaked float (24 bytes) per call would be 24 KB per 1000 calls
+    assert traced < 12 * n, f"traced memory grew by {traced} bytes in {n} calls"
 
 
 def assert_refcounts_stable(objs, fn, n=1000):
@@ -77,8 +74,11 @@ def _rss_bytes():
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
-                                reason="needs /proc (Linux)")
+# AddressSanitizer keeps freed memory in quarantine (to catch use after free), so
+# the resident size grows by design there; CI runs these in its other stages
+needs_proc = pytest.mark.skipif(
+    not os.path.exists("/proc/self/statm") or "libasan" in os.environ.get("LD_PRELOAD", ""),
+    reason="needs /proc (Linux) and no AddressSanitizer")
 
 # a float object that is not cached or shared, so its refcount is ours to watch
 C = float("1.2345678")
@@ -227,7 +227,7 @@ def test_replay_keeps_refcounts_and_does_not_leak():
         atape.gradient(X2)
 
     assert_refcounts_stable([tape, atape, x, C, X2], fn, n=500)
-    assert_no_leak(fn, n=1000)
+    assert_no_leak(fn, n=500)
     # a returned gradient is the caller's: writing into it changes no later result
     g = atape.gradient(X2)
     want = g.copy()
@@ -291,8 +291,9 @@ def test_replay_work_space_is_freed():
 def test_the_measures_catch_leaks():
     # the harness itself: one kept object, or one kept reference, per call is caught
     kept = []
-    with pytest.raises(AssertionError, match="live Python blocks"):
-        assert_no_leak(lambda: kept.append(float(len(kept))), n=500)
+    # (with PYTHONMALLOC=malloc, as under ASan, there are no blocks: tracemalloc sees it)
+    with pytest.raises(AssertionError, match="live Python blocks|traced memory grew"):
+        assert_no_leak(lambda: kept.append(float(len(kept))), n=2000)
     x = float("2.5")
     with pytest.raises(AssertionError, match="reference counts"):
         assert_refcounts_stable([x], lambda: kept.append(x), n=10)
