@@ -214,8 +214,11 @@ class _Layout:
         self.treedef = treedef
         self.leaf_info: List[Tuple[str, Any, int]] = []  # (kind, shape or coords, size)
         labels: List[Any] = []
-        for path, leaf in zip(trees.leaf_paths(example), leaves):
-            if isinstance(leaf, Vector):
+        for (path, node_coords), leaf in zip(_leaf_roles(treedef, ()), leaves):
+            if node_coords is not None:  # the buffer of a Vector that trees opened up
+                self.leaf_info.append(("buffer", node_coords, node_coords.size))
+                labels.extend(path + (c,) for c in node_coords)
+            elif isinstance(leaf, Vector):
                 self.leaf_info.append(("vector", leaf.coords, leaf.size))
                 labels.extend(path + (c,) for c in leaf.coords)
             else:
@@ -257,6 +260,8 @@ class _Layout:
                     raise CoordinateError(f"{self.where}: expected a Vector over {meta!r}, "
                                           f"got {_describe(leaf)}")
                 out.append(leaf._data)
+            elif kind == "buffer":
+                out.append(leaf)  # the tree structure (checked above) fixes its set
             else:
                 if _leaf_shape(leaf, self.where) != meta:
                     raise ValueError(f"{self.where}: expected shape {meta}, got "
@@ -275,7 +280,7 @@ class _Layout:
             return True
         if self.kind == "leaf":
             return self.shape == ()
-        return all(kind == "vector" or meta == () for kind, meta, _ in self.leaf_info)
+        return all(kind in ("vector", "buffer") or meta == () for kind, meta, _ in self.leaf_info)
 
     def unflatten_scalars(self, items: Sequence[Any]) -> Any:
         """The structure from a list of scalars (requires ``scalar_leaves``)."""
@@ -288,6 +293,8 @@ class _Layout:
         for kind, meta, size in self.leaf_info:
             if kind == "vector":
                 out.append(Vector._wrap(meta, _object_buffer(items[start:start + size])))
+            elif kind == "buffer":
+                out.append(_object_buffer(items[start:start + size]))
             else:
                 out.append(items[start])
             start += size
@@ -305,10 +312,33 @@ class _Layout:
             part = buf[start:start + size]
             if kind == "vector":
                 out.append(Vector._wrap(meta, part))
+            elif kind == "buffer":
+                out.append(part)  # trees rebuilds the Vector around it
             else:
                 out.append(_shape_as(part, meta))
             start += size
         return trees.unflatten(self.treedef, out)
+
+
+def _leaf_roles(td: Any, path: Tuple[Any, ...]) -> Any:
+    """Per leaf of the tree structure td: its path (as trees.leaf_paths gives it)
+    and, for the buffer of a Vector that trees treats as a node, the Vector's
+    coordinate set (else None)."""
+    kind = td.kind
+    if kind == "leaf":
+        yield path, None
+    elif kind == "dict":
+        for key, child in zip(td.meta, td.children):
+            yield from _leaf_roles(child, path + (key,))
+    elif kind in ("namedtuple", "dataclass"):
+        for name, child in zip(td.meta[1], td.children):
+            yield from _leaf_roles(child, path + (name,))
+    elif (kind == "custom" and isinstance(td.meta[0], type) and issubclass(td.meta[0], Vector)
+          and len(td.children) == 1 and td.children[0].kind == "leaf"):
+        yield path, td.meta[1]
+    else:  # list, tuple, other nodes: positions
+        for i, child in enumerate(td.children):
+            yield from _leaf_roles(child, path + (i,))
 
 
 def _describe(x: Any) -> str:
