@@ -353,6 +353,30 @@ def test_hessian_of_random_scalar_programs(rnd):
     finite_difference_check(prog, xs, [H[:, i] for i in nums], h=1e-4, fn=gradient)
 
 
+@CI
+@given(st.randoms(use_true_random=False))
+def test_nested_derivatives_of_random_programs(rnd):
+    # derivative(derivative(f)) = grad(derivative(f)) = hessian(f), and each order
+    # against central differences of the one below
+    prog = random_program(rnd, shape=None, n_inputs=1)
+    note(str(prog))
+    xs = random_inputs(rnd, prog)
+    assume(SINGULAR not in branches_at(prog, xs))
+    f = lambda x: run(prog, (x,))  # noqa: E731
+    d1 = adcore.derivative(f)
+    d2 = adcore.derivative(d1)
+    second = d2(xs[0])
+    scale = 1.0 + abs(second)
+    assume(scale < 1e8)
+    assert_close("grad(derivative(f))", adcore.grad(d1)(xs[0]), second,
+                 rtol=1e-10, atol=1e-10 * scale)
+    assert_close("hessian(f)", adcore.hessian(f)(xs[0]).values[0, 0], second,
+                 rtol=1e-10, atol=1e-10 * scale)
+    finite_difference_check(prog, xs, [np.asarray(second)], h=1e-4, fn=d1)
+    third = adcore.derivative(d2)(xs[0])
+    finite_difference_check(prog, xs, [np.asarray(third)], h=1e-3, fn=d2)
+
+
 def test_the_checker_catches_a_wrong_derivative():
     # the finite-difference check must fail for a Jacobian that is off by 1e-4
     prog = Program((None,), (("sin", ((0, None),)), ("mul", ((1, (-3.0, 3.0)), (0, None)))))
