@@ -291,6 +291,14 @@ def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
     for i in nums:
         assert_close(f"replayed gradient, input {i}", sg[i], g[i], rtol=1e-14, atol=0.0)
 
+    # a saved and loaded tape replays to the same numbers
+    loaded = adcore.Tape.from_bytes(tape.to_bytes())
+    assert_close("loaded tape's value", loaded(*xs), y, rtol=0.0, atol=0.0)
+    jl = loaded.jacobian(*xs)
+    jl = _blocks(jl, n) if n > 1 else [np.asarray(jl)]
+    for i in nums:
+        assert_close(f"loaded tape's jacobian, input {i}", jl[i], jt[i], rtol=0.0, atol=0.0)
+
     # replay at a nearby point equals a new recording there (or reports the branch)
     near = tuple(x + rnd.uniform(-1e-3, 1e-3) if isinstance(x, float) else
                  x + np.array([rnd.uniform(-1e-3, 1e-3) for _ in range(np.size(x))]
