@@ -84,6 +84,20 @@ def with_instruction(data, index, field, value):
     f = list(HEADER.unpack_from(data, 0))
     f[6] = zlib.crc32(body)
     return HEADER.pack(*f) + body
+def with_meta(data, change):
+    """data with change(metadata dict) applied, sizes and checksum made valid again."""
+    import json
+    f = list(HEADER.unpack_from(data, 0))
+    n, m = f[3], f[4]
+    body = data[HEADER.size:]
+    meta = json.loads(body[24 * n: 24 * n + m])
+    change(meta)
+    mb = json.dumps(meta, separators=(",", ":")).encode()
+    body = body[:24 * n] + mb + body[24 * n + m:]
+    f[4], f[6] = len(mb), zlib.crc32(body)
+    return HEADER.pack(*f) + body
+def saved_sum():
+    return adcore.record(lambda x: adcore.sum(x * 2.0, axis=0), np.ones((2, 2))).to_bytes()
 C0 = Named("x", "y")
 '''
 
@@ -409,6 +423,27 @@ CASES = [
          "fd, p = tempfile.mkstemp(); os.write(fd, b'hello'); os.close(fd)\n"
          "try:\n    load_tape(p)\nfinally:\n    os.remove(p)",
          "TapeFormatError", r"truncated", risky=True),
+    Case("D12", "a saved array of object dtype (valid checksum)",
+         "Tape.from_bytes(with_meta(saved_sum(), lambda m: m['arrays'][0].__setitem__(1, '|O')))",
+         "TapeFormatError", r"dtype '\|O' not allowed", risky=True),
+    Case("D13", "a saved array whose shape lies outside the data (valid checksum)",
+         "Tape.from_bytes(with_meta(saved_sum(), "
+         "lambda m: m['arrays'][0].__setitem__(2, [10 ** 12, 10 ** 12])))",
+         "TapeFormatError", r"lies outside the data", risky=True),
+    Case("D14", "an unknown primitive in a saved tape (valid checksum)",
+         "Tape.from_bytes(with_meta(saved_sum(), lambda m: m['aux'][2].__setitem__(1, 'nope')))",
+         "TapeFormatError", r"unknown primitive 'nope'", risky=True),
+    Case("D15", "a malformed dtype string in a saved tape (valid checksum)",
+         "Tape.from_bytes(with_meta(saved_sum(), lambda m: m['arrays'][0].__setitem__(1, ',')))",
+         "TapeFormatError", r"dtype", risky=True,
+         bug="numpy's dtype parser raises SyntaxError for ',' and _tape.pyx's _dtype_from "
+             "lets it through (adcore/_tape.pyx)"),
+    Case("D16", "a primitive parameter the primitive does not take (valid checksum)",
+         "Tape.from_bytes(with_meta(saved_sum(), "
+         "lambda m: m['aux'][2][2][1].__setitem__(0, 'keepdimz')))",
+         "TapeFormatError", r"keepdimz", risky=True,
+         bug="load accepts any parameter name; the replay then fails with TypeError from "
+             "Sum.value (adcore/_tape.pyx: check parameters against the primitive at load)"),
     Case("D11", "a str given to Tape.from_bytes", "Tape.from_bytes('abc')", "TypeError",
          r"takes bytes", risky=True),
 
