@@ -630,13 +630,14 @@ def _markdown() -> str:
         elif r["exc"] is None:
             got = "no exception; " + ("the numbers are checked" if c.exc is None else
                                       "**expected " + c.exc + "**")
-        elif c.bug and c.exc is None:
-            got = f"**known bug**: {c.bug}"
         else:
             msg = r["msg"].replace("|", "\\|").replace("\n", " ")
             if len(msg) > 160:
                 msg = msg[:157] + "..."
             got = f"`{r['exc'][0]}`: {msg}"
+        if c.bug:
+            want = f"`{c.exc}`" if c.exc else "the numbers asserted"
+            got = f"**known bug** (should give {want}): {c.bug}; now: {got}"
         out.append(f"| {c.id} | {c.what} | {_code(c.code)} | {got} |")
     out += ["", f"## {SECTIONS['E']}", "",
             "`python -m adcore trace EXPR --at ...` exits with status 2 and one line on "
