@@ -324,6 +324,8 @@ def _rss_bytes():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer quarantines freed memory")
 def test_dropping_tapes_returns_memory():
     def f(x):
         for _ in range(5 * 10 ** 4):
