@@ -385,6 +385,26 @@ def test_nested_derivatives_of_random_programs(rnd):
     finite_difference_check(prog, xs, [np.asarray(third)], h=1e-3, fn=d2)
 
 
+@CI
+@given(st.randoms(use_true_random=False))
+def test_hessian_of_random_array_programs(rnd):
+    # arrays: hessian (reverse over forward) = jacfwd(jacfwd) (forward over forward,
+    # NestedDual arrays) = central differences of the gradient
+    prog = random_program(rnd, max_depth=5, n_inputs=1, shape=(3,))
+    note(str(prog))
+    xs = random_inputs(rnd, prog)
+    assume(SINGULAR not in branches_at(prog, xs))
+    w = np.array([0.3, -0.7, 1.1])
+    s = lambda x: adcore.sum(run(prog, (x,)) * w)  # noqa: E731
+    H = np.asarray(adcore.hessian(s)(xs[0]))
+    assert H.shape == (3, 3)
+    scale = _scale([H])
+    assume(scale < 1e8)
+    assert_close("jacfwd(jacfwd(f))", adcore.jacfwd(adcore.jacfwd(s))(xs[0]), H,
+                 rtol=1e-9, atol=1e-9 * scale)
+    finite_difference_check(prog, xs, [H], h=1e-4, fn=lambda x: adcore.grad(s)(x))
+
+
 def test_the_checker_catches_a_wrong_derivative():
     # the finite-difference check must fail for a Jacobian that is off by 1e-4
     prog = Program((None,), (("sin", ((0, None),)), ("mul", ((1, (-3.0, 3.0)), (0, None)))))
