@@ -34,7 +34,8 @@ def section(run, note=""):
         f"(a shared machine), CPython {run['python']}, one BLAS/OpenMP/XLA/torch thread;",
         f"{run['versions']}.",
         "Each figure is the median of the per-pair ratios to a baseline timed alternately",
-        "in the same process (lower is better), after checking the result against an",
+        f"in the same process, by {run.get('clock', 'wall time')} (lower is better), after "
+        "checking the result against an",
         "independent reference; jax's jit compile time is excluded. The full report,",
         "with times per call or per operation and the quartiles of the ratios, is",
         "`benchmarks/results/latest.txt`; the method is in `benchmarks/README.md`.",
