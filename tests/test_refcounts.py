@@ -113,11 +113,15 @@ def test_dual_operations_do_not_leak(k):
 
 
 def test_dual_results_hold_no_hidden_references():
+    # against a fresh local object: what getrefcount reports for a name only
+    # (2 up to Python 3.13, fewer where the interpreter borrows stack references)
+    o = object()
+    alone = sys.getrefcount(o)
     x = Dual(0.5, [1.0, 2.0])
     r = adcore.sin(x) * x
-    assert sys.getrefcount(r) == 2  # the name r and getrefcount's argument
+    assert sys.getrefcount(r) == alone
     t = r.tangents
-    assert sys.getrefcount(t) == 2  # a fresh array each time, owned by the caller only
+    assert sys.getrefcount(t) == alone  # a fresh array each time, owned by the caller only
 
 
 def test_errors_on_the_hot_path_do_not_leak():
@@ -175,11 +179,13 @@ def test_dual_array_operations_do_not_leak():
 
 
 def test_dual_array_results_hold_no_hidden_references():
+    o = object()
+    alone = sys.getrefcount(o)
     a = DualArray(np.linspace(-1, 1, 5), np.ones((3, 5)))
     r = adcore.sin(a) * ARR
-    assert sys.getrefcount(r) == 2
+    assert sys.getrefcount(r) == alone
     v, t = r.value, r.tangents
-    assert sys.getrefcount(v) == 3 and sys.getrefcount(t) == 3  # r's attribute, v, arg
+    assert sys.getrefcount(v) == alone + 1 and sys.getrefcount(t) == alone + 1  # and r's
 
 
 # ---------------------------------------------------------------- drivers and the tape
