@@ -42,8 +42,9 @@ def program_source(n_ops, seed=0):
     prev = 3
     for k in range(n_ops):
         a = prev if rng.random() < 0.75 else rng.randrange(max(0, len(vals) - 16), len(vals))
+        # the other operand: an input (keeps every input in the gradient), a
+        # constant, or a recent result
         if rng.random() < 0.5:
-            b, bname, bval = None, None, None
             j = rng.randrange(4)
             bname, bval = names[j], vals[j]
         elif rng.random() < 0.5:
