@@ -490,8 +490,12 @@ def _sweep_case(tape, args):
                    f"{type(e).__name__}: {e}".splitlines()[0])
     if kind != "s":
         raise Skip("the recorded output is not a scalar slot")
+    def adjoints_of_inputs():
+        adj = tape.backward({slot: 1.0}, _work=rp)
+        return [adj[leaf[0]] for leaf in tape.in_leaves]
+
     return Case(lambda: tape.backward({slot: 1.0}, _work=rp),
-                probe=lambda: None,
+                probe=adjoints_of_inputs,
                 baseline=lambda: tape.replay(vals),
                 baseline_label="replay forward",
                 note=f"Tape.backward vs Tape.replay, {len(tape)} instructions")
@@ -510,8 +514,12 @@ def sweep_rosen_adcore(ctx):
     return _sweep_case(tape, (ctx["xs2"],))
 
 
-def sweep_check(ctx, out):
-    return None          # the gradients themselves are checked by replay_*
+def sweep_program_check(ctx, out):
+    program_grad_check(ctx, out, "ref2")
+
+
+def sweep_rosen_check(ctx, out):
+    rosen_loop_check(ctx, out, "x2")
 
 
 # ---- bytes of tape per scalar operation ------------------------------------------
@@ -1066,11 +1074,11 @@ WORKLOADS = [
              [("adcore", replay_rosen_adcore)],
              target="<= 1x", target_max=1.0, ops=P.rosen_loop_ops(ROSEN_N)),
     Workload("sweep_program", ISSUE3, "reverse sweep vs replay forward, 10,000-op program",
-             "replay forward", program_setup, None, sweep_check,
+             "replay forward", program_setup, None, sweep_program_check,
              [("adcore", sweep_program_adcore)], target="<= 3x", target_max=3.0,
              ops=N_PROGRAM),
     Workload("sweep_rosen", ISSUE3, f"reverse sweep vs replay forward, rosen loop n={ROSEN_N}",
-             "replay forward", rosen_loop_setup, None, sweep_check,
+             "replay forward", rosen_loop_setup, None, sweep_rosen_check,
              [("adcore", sweep_rosen_adcore)], target="<= 3x", target_max=3.0,
              ops=P.rosen_loop_ops(ROSEN_N)),
     Workload("tape_bytes", ISSUE3, "bytes of tape per scalar operation", "-",
