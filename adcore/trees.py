@@ -12,7 +12,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, List, Tuple
 
-__all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths"]
+__all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths", "register_node"]
+
+#: node types registered by other modules: type -> (children_of, rebuild)
+_NODES: dict = {}
+
+
+def register_node(cls, children_of, rebuild):
+    """Make instances of ``cls`` tree nodes: ``children_of(x) -> (children, aux)``
+    (aux: hashable static data), ``rebuild(aux, children) -> x``."""
+    _NODES[cls] = (children_of, rebuild)
 
 
 class TreeDef:
@@ -65,6 +74,10 @@ def flatten(tree: Any) -> Tuple[List[Any], TreeDef]:
     def walk(node: Any) -> TreeDef:
         if node is None:
             return TreeDef("none")
+        custom = _NODES.get(type(node))
+        if custom is not None:
+            children, aux = custom[0](node)
+            return TreeDef("custom", (type(node), aux), tuple(walk(c) for c in children))
         if isinstance(node, dict):
             keys = tuple(node.keys())
             return TreeDef("dict", keys, tuple(walk(node[k]) for k in keys))
@@ -99,6 +112,8 @@ def unflatten(treedef: TreeDef, leaves: List[Any]) -> Any:
         if td.kind == "none":
             return None
         items = [build(c) for c in td.children]
+        if td.kind == "custom":
+            return _NODES[td.meta[0]][1](td.meta[1], items)
         if td.kind == "dict":
             return dict(zip(td.meta, items))
         if td.kind == "list":
@@ -134,6 +149,11 @@ def leaf_paths(tree: Any) -> List[Tuple[Any, ...]]:
 
     def walk(node: Any, path: Tuple[Any, ...]) -> None:
         if node is None:
+            return
+        custom = _NODES.get(type(node))
+        if custom is not None:
+            for i, child in enumerate(custom[0](node)[0]):
+                walk(child, path + (i,))
             return
         if isinstance(node, dict):
             for k in node:

@@ -563,3 +563,11 @@ def distance(v: Vector, w: Vector) -> Any:
     if not isinstance(v, Vector) or not isinstance(w, Vector):
         raise TypeError("distance: both arguments must be Vectors")
     return (v - w).norm()
+
+
+# Vectors are tree nodes for the engines (grad, vjp, jvp take and give Vectors):
+# one child, the flat buffer; the coordinate set is static.
+from . import trees as _trees  # noqa: E402
+
+_trees.register_node(Vector, lambda v: ([v.values], v.coords),
+                     lambda coords, children: Vector._wrap(coords, children[0]))

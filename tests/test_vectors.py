@@ -209,3 +209,14 @@ def test_values_is_always_one_array():
     J = adcore.jacobian(lambda u: Vector(Range(1), adcore.matmul(np.array([[2.0, 5.0]]), u.values)))(
         Vector(XY, [1.0, 1.0]))
     assert J[0, "x"] == 2.0 and J[0, "y"] == 5.0
+
+
+def test_engines_take_and_give_vectors():
+    # Vectors are tree nodes: grad / jvp return Vectors over the same coordinate set
+    C = adcore.Named("x", "y")
+    v = adcore.Vector(C, [3.0, 4.0])
+    g = adcore.grad(lambda v: v.norm())(v)
+    assert isinstance(g, adcore.Vector) and g.coords == C
+    assert g["x"] == pytest.approx(0.6) and g["y"] == pytest.approx(0.8)
+    out, tangent = adcore.jvp(lambda v: v * v, (v,), (adcore.basis(C, "y"),))
+    assert out["y"] == 16.0 and tangent["x"] == 0.0 and tangent["y"] == 8.0
