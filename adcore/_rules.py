@@ -73,7 +73,9 @@ RULES: Tuple[Rule, ...] = (
     Rule("mul", 2, "x * y", ("y", "x"), B, operator="*"),
     Rule("div", 2, "x / y", ("1.0 / y", "-r / y"), ((-3.0, 3.0), (0.5, 3.0)), operator="/"),
     Rule("neg", 1, "-x", ("-1.0",), U, operator="unary -"),
-    Rule("pow", 2, "pow(x, y)", ("mulz(y, pow(x, y - 1.0))", "r * logz(x)"),
+    # squares and first powers skip libm's pow (same result, several times faster)
+    Rule("pow", 2, "(x * x if y == 2.0 else (x if y == 1.0 else pow(x, y)))",
+         ("mulz(y, pow(x, y - 1.0))", "r * logz(x)"),
          ((0.2, 3.0), (-2.0, 2.5)), operator="**",
          kinks=(((0.0, 2.0), (0.0, 0.0)), ((0.0, 0.0), (0.0, 0.0)))),
     # helpers that other rules' partials use
