@@ -121,15 +121,15 @@ RULES: Tuple[Rule, ...] = (
          ("r * (1.0 - r)",), ((-30.0, 30.0),)),
     Rule("softplus", 1, "(x + log1p(exp(-x)) if x > 0.0 else log1p(exp(x)))",
          ("sigmoid(x)",), ((-30.0, 30.0),)),
-    Rule("relu", 1, "(x if x > 0.0 else 0.0)", ("greater(x, 0.0)",), U,
+    Rule("relu", 1, "(x if x > 0.0 else (0.0 if x <= 0.0 else x))", ("greater(x, 0.0)",), U,
          kinks=(((0.0,), (0.0,)),)),
     Rule("gelu", 1, "0.5 * x * (1.0 + erf(x * 0.7071067811865476))",
          ("0.5 * (1.0 + erf(x * 0.7071067811865476))"
           " + x * exp(-0.5 * (x * x)) * 0.3989422804014327",), U),
-    # piecewise
-    Rule("minimum", 2, "(x if x < y else (y if y < x else x))",
+    # piecewise; a NaN operand gives NaN (as numpy.maximum / torch.relu)
+    Rule("minimum", 2, "(x if x < y else (y if y < x else (x if x == y else x + y)))",
          ("heaviside(y - x)", "heaviside(x - y)"), B, kinks=(((1.0, 1.0), (0.5, 0.5)),)),
-    Rule("maximum", 2, "(x if x > y else (y if y > x else x))",
+    Rule("maximum", 2, "(x if x > y else (y if y > x else (x if x == y else x + y)))",
          ("heaviside(x - y)", "heaviside(y - x)"), B, kinks=(((1.0, 1.0), (0.5, 0.5)),)),
     Rule("where", 3, "(y if x != 0.0 else z)",
          ("0.0", "not_equal(x, 0.0)", "equal(x, 0.0)"),
