@@ -466,7 +466,8 @@ cdef class Tape:
                         or (arr.dtype != _f32 and arr.dtype != _f64)):
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
-                arr = np.ascontiguousarray(arr, np.float64)
+                if arr.dtype is not _f64:
+                    arr = np.ascontiguousarray(arr, np.float64)
                 keep.append(arr)
                 e[k].p = <const double*>_ptr(arr)
                 e[k].st = 1
@@ -483,7 +484,7 @@ cdef class Tape:
             raise TapeError("element-wise result is not a contiguous float array")
         cdef Py_ssize_t n = out.size
         self._ew_args(refs, e, vals, arrays, keep, n)
-        res = out if out.dtype == _f64 else np.empty(out.shape, np.float64)
+        res = out if out.dtype is _f64 else np.empty(out.shape, np.float64)
         cdef double* po = <double*>_ptr(res)
         with nogil:
             ew_value(op, e, po, n)
@@ -651,8 +652,9 @@ cdef class Tape:
                     e[k].g = <double*>_ptr(ga)
                 elif kind2 == "s" and self._needs(ref):
                     e[k].g = &adj[<Py_ssize_t>ref]
-            gc = np.ascontiguousarray(g, np.float64)
-            od = np.ascontiguousarray(out, np.float64)
+            # _ptr demands C-contiguous buffers; copies only for other dtypes
+            gc = g if type(g) is np.ndarray and g.dtype is _f64 else np.ascontiguousarray(g, np.float64)
+            od = out if out.dtype is _f64 else np.ascontiguousarray(out, np.float64)
             if gc.size != n or od.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
             po = <const double*>_ptr(od)
@@ -709,7 +711,8 @@ cdef class Tape:
             raise AssertionError("array cotangent for a scalar slot")
         ga = aadj.get(slot)
         if ga is None:
-            aadj[slot] = np.array(ct, np.float64, copy=True).reshape(wa[slot].shape)
+            # a fresh C-contiguous copy: kernels take its pointer, callers keep ct
+            aadj[slot] = np.array(ct, np.float64, copy=True, order="C").reshape(wa[slot].shape)
         else:
             ga += ct
 
@@ -1129,6 +1132,15 @@ cdef Tape _owner_tape(args):
     return <Tape>best
 
 
+cdef object _arrop(int op, TapeArray a, object b, bint reflected):
+    """a op b (or b op a): straight to the tape for a float or another array of the
+    same recording tape, else through dispatch (other adcore types may own it)."""
+    cdef Tape t = a.tape
+    if t.recording and (type(b) is float or (type(b) is TapeArray and (<TapeArray>b).tape is t)):
+        return t._apply_array(op, (b, a) if reflected else (a, b))
+    return _dispatch(op, (b, a) if reflected else (a, b))
+
+
 def _array_ops():
     from . import array_ops
     return array_ops
@@ -1210,24 +1222,24 @@ cdef class TapeArray:
         self._read_all()
         return float(v.reshape(()))
 
-    def __add__(self, other): return _dispatch(OP_ADD, (self, other))
-    def __radd__(self, other): return _dispatch(OP_ADD, (other, self))
-    def __sub__(self, other): return _dispatch(OP_SUB, (self, other))
-    def __rsub__(self, other): return _dispatch(OP_SUB, (other, self))
-    def __mul__(self, other): return _dispatch(OP_MUL, (self, other))
-    def __rmul__(self, other): return _dispatch(OP_MUL, (other, self))
-    def __truediv__(self, other): return _dispatch(OP_DIV, (self, other))
-    def __rtruediv__(self, other): return _dispatch(OP_DIV, (other, self))
+    def __add__(self, other): return _arrop(OP_ADD, self, other, False)
+    def __radd__(self, other): return _arrop(OP_ADD, self, other, True)
+    def __sub__(self, other): return _arrop(OP_SUB, self, other, False)
+    def __rsub__(self, other): return _arrop(OP_SUB, self, other, True)
+    def __mul__(self, other): return _arrop(OP_MUL, self, other, False)
+    def __rmul__(self, other): return _arrop(OP_MUL, self, other, True)
+    def __truediv__(self, other): return _arrop(OP_DIV, self, other, False)
+    def __rtruediv__(self, other): return _arrop(OP_DIV, self, other, True)
 
     def __pow__(self, other, mod):
         if mod is not None:
             return NotImplemented
-        return _dispatch(OP_POW, (self, other))
+        return _arrop(OP_POW, self, other, False)
 
     def __rpow__(self, other, mod):
         if mod is not None:
             return NotImplemented
-        return _dispatch(OP_POW, (other, self))
+        return _arrop(OP_POW, self, other, True)
 
     def __neg__(self): return _dispatch(OP_NEG, (self,))
     def __pos__(self): return self

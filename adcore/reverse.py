@@ -25,8 +25,15 @@ def _path_name(argnum: int, path: Tuple[Any, ...]) -> str:
     return f"argument {argnum}" + "".join(f"[{p!r}]" for p in path)
 
 
-def _input_leaf(x: Any, name: str) -> Any:
-    """A leaf as the tape takes it: float, or float32/float64 array."""
+def _input_leaf(x: Any, name: Any) -> Any:
+    """A leaf as the tape takes it: float, or float32/float64 array.
+
+    ``name`` (a str, or a function giving it: paths are only worked out for errors)
+    names the leaf in error messages."""
+    if type(x) is float:
+        return x
+    if callable(name):
+        name = name()
     if is_active(x):
         raise NestingError(
             f"{name} is a {type(x).__name__} from an outer differentiation: reverse mode of "
@@ -44,6 +51,11 @@ def _input_leaf(x: Any, name: str) -> Any:
                         "promoted to float64)")
     raise TypeError(f"{name}: cannot differentiate with respect to a {type(x).__name__} "
                     "(floats, integers, real numpy arrays, and dicts/lists/tuples of them)")
+
+
+def _leaf_name(args: Sequence[Any], i: int, j: int) -> str:
+    """The name of leaf j of argument i, e.g. "argument 0['w']"."""
+    return _path_name(i, leaf_paths(args[i])[j])
 
 
 def _argnums(argnums: Union[int, Sequence[int]], nargs: int) -> Tuple[int, ...]:
@@ -97,15 +109,15 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
         new_args = list(args)
         for i in nums:
             leaves, td = flatten(args[i])
-            paths = leaf_paths(args[i])
             handles = []
             info = []
-            for leaf, path in zip(leaves, paths):
-                name = _path_name(i, path)
-                h = tape.input(_input_leaf(leaf, name), name)
+            for j, leaf in enumerate(leaves):
+                h = tape.input(_input_leaf(leaf, lambda: _leaf_name(args, i, j)))
                 handles.append(h)
-                info.append((h.slot, h.shape if isinstance(h, TapeArray) else None,
-                             (h.dtype.str if isinstance(h, TapeArray) else "<f8")))
+                if type(h) is TapeValue:
+                    info.append((h.slot, None, "<f8"))
+                else:
+                    info.append((h.slot, h.shape, h.dtype.str))
             groups.append((td, info))
             new_args[i] = unflatten(td, handles)
         out = f(*new_args)
@@ -356,9 +368,12 @@ def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
     if td != tape.in_tree:
         raise TypeError(f"the tape was recorded with arguments of structure {tape.in_tree!r}, "
                         f"got {td!r}")
-    paths = leaf_paths(tuple(args))
     values = []
-    for leaf, path, (slot, shape, dt) in zip(leaves, paths, tape.in_leaves):
+    for j, (leaf, (slot, shape, dt)) in enumerate(zip(leaves, tape.in_leaves)):
+        if shape is None and type(leaf) is float:
+            values.append(leaf)
+            continue
+        path = leaf_paths(tuple(args))[j]
         name = _path_name(path[0], path[1:])
         v = _input_leaf(leaf, name)
         if shape is None:
