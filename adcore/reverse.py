@@ -32,6 +32,12 @@ def _input_leaf(x: Any, name: Any) -> Any:
     names the leaf in error messages."""
     if type(x) is float:
         return x
+    if isinstance(x, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return float(x)
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
+        if x.dtype.kind != "f":
+            return x.astype(np.float64)
+        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
     if callable(name):
         name = name()
     if is_active(x):
@@ -39,13 +45,7 @@ def _input_leaf(x: Any, name: Any) -> Any:
             f"{name} is a {type(x).__name__} from an outer differentiation: reverse mode of "
             "a function of forward-mode or reverse-mode values is not supported; use "
             "adcore.hessian or adcore.hvp for second derivatives")
-    if isinstance(x, (bool, np.bool_, int, float, np.integer, np.floating)):
-        return float(x)
     if isinstance(x, np.ndarray):
-        if x.dtype.kind in "biu":
-            return x.astype(np.float64)
-        if x.dtype.kind == "f":
-            return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
         raise TypeError(f"{name}: cannot differentiate with respect to an array of dtype "
                         f"{x.dtype} (real float32/float64 arrays, or integers, which are "
                         "promoted to float64)")
@@ -373,22 +373,25 @@ def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
         if shape is None and type(leaf) is float:
             values.append(leaf)
             continue
-        path = leaf_paths(tuple(args))[j]
-        name = _path_name(path[0], path[1:])
+
+        def name(j=j):
+            path = leaf_paths(tuple(args))[j]
+            return _path_name(path[0], path[1:])
+
         v = _input_leaf(leaf, name)
         if shape is None:
             if isinstance(v, np.ndarray):
                 if v.shape != ():
-                    raise ValueError(f"{name}: the tape was recorded with a scalar here, got "
+                    raise ValueError(f"{name()}: the tape was recorded with a scalar here, got "
                                      f"an array of shape {v.shape}")
                 v = float(v)
             values.append(v)
         else:
             if not isinstance(v, np.ndarray):
-                raise ValueError(f"{name}: the tape was recorded with an array of shape "
+                raise ValueError(f"{name()}: the tape was recorded with an array of shape "
                                  f"{tuple(shape)} here, got a scalar")
             if v.shape != tuple(shape):
-                raise ValueError(f"{name}: the tape was recorded with shape {tuple(shape)}, "
+                raise ValueError(f"{name()}: the tape was recorded with shape {tuple(shape)}, "
                                  f"got {v.shape}")
             values.append(np.ascontiguousarray(v, dtype=np.dtype(dt)))
     return values
