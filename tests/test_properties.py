@@ -434,10 +434,6 @@ def test_array_programs_cover_every_shape_and_rule():
     assert shapes == set(SHAPES)
 
 
-@pytest.mark.xfail(strict=True, reason="forward mode: DualArray tangents of shape (k,) + s "
-                   "are broadcast to (k,) + shape by numpy's leading-axis rule, so the k "
-                   "directions land on the array's first axis (adcore/_dual.pyx.tp, "
-                   "array_apply)")
 def test_forward_broadcasting_with_several_directions():
     # found by test_random_array_programs_with_broadcasting: x of shape (3,) times a
     # constant of shape (3, 3); with 3 directions jacfwd mixed directions and rows
