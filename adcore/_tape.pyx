@@ -157,7 +157,7 @@ cdef class Tape:
     cdef public list in_leaves      # per input leaf: (slot, shape or None, dtype str)
     cdef public object out_tree
     cdef public list out_leaves     # per output leaf: ("s"|"a", slot) or ("c", float)
-    cdef public object flat_args    # None, or the number of arguments when each is one leaf
+    cdef public object flat_args    # the quick replay layout (reverse._plan), cached
 
     def __cinit__(self):
         self.cap = 64

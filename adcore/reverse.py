@@ -337,32 +337,68 @@ def record(f: Callable, *example_args: Any) -> Tape:
 
 # --- replaying a recorded tape (Tape.__call__, .gradient, .jacobian) -------------
 
-def _flat(tape: Tape, nargs: int) -> bool:
-    """Whether every positional argument of the recording is one leaf."""
+def _plan(tape: Tape):
+    """The quick replay layout (cached on the tape): per positional argument,
+    ("leaf", spec) for one leaf, or ("seq", list|tuple, specs) for a list/tuple of
+    scalars; None when some argument needs the general tree walk."""
     if tape.flat_args is None:
         td = tape.in_tree
         if td is None:
-            return False
-        tape.flat_args = (len(td.children) if all(c.kind == "leaf" for c in td.children)
-                          else -1)
-    return tape.flat_args == nargs
+            return None
+        plan = []
+        k = 0
+        for c in td.children:
+            m = c.num_leaves
+            specs = tape.in_leaves[k:k + m]
+            k += m
+            if c.kind == "leaf":
+                plan.append(("leaf", specs[0]))
+            elif (c.kind in ("list", "tuple") and all(g.kind == "leaf" for g in c.children)
+                  and all(sp[1] is None for sp in specs)):
+                plan.append(("seq", list if c.kind == "list" else tuple, specs))
+            else:
+                plan = False
+                break
+        tape.flat_args = plan
+    return tape.flat_args or None
 
 
-def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
-    if tape.in_tree is None:
-        raise TapeError("only tapes made by adcore.record can be replayed")
-    if _flat(tape, len(args)):
-        # fast path (no tree walk): plain floats and arrays of the recorded shape
-        values = []
-        for a, (slot, shape, dt) in zip(args, tape.in_leaves):
+def _quick_inputs(plan, args):
+    """Input leaf values by the quick layout, or None (then the general path decides,
+    and names any error)."""
+    if len(plan) != len(args):
+        return None
+    values = []
+    for p, a in zip(plan, args):
+        if p[0] == "leaf":
+            slot, shape, dt = p[1]
             if shape is None and type(a) is float:
                 values.append(a)
             elif (shape is not None and type(a) is np.ndarray and a.shape == shape
                   and a.dtype.str == dt and a.flags.c_contiguous):
                 values.append(a)
             else:
-                break
+                return None
         else:
+            if type(a) is not p[1] or len(a) != len(p[2]):
+                return None
+            for v in a:
+                if type(v) is float:
+                    values.append(v)
+                elif isinstance(v, (int, np.floating, np.integer)) and not isinstance(v, bool):
+                    values.append(float(v))
+                else:
+                    return None
+    return values
+
+
+def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
+    if tape.in_tree is None:
+        raise TapeError("only tapes made by adcore.record can be replayed")
+    plan = _plan(tape)
+    if plan is not None:
+        values = _quick_inputs(plan, args)
+        if values is not None:
             return values
     leaves, td = flatten(tuple(args))
     if td != tape.in_tree:
@@ -433,14 +469,19 @@ def _tape_gradient(tape: Tape, args) -> Any:
     if kind == "a" and tape.shape_of(ref) != ():
         raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
                         f"{tape.shape_of(ref)} (use Tape.jacobian)")
-    if _flat(tape, len(args)):
-        # fast path: one leaf per argument
+    plan = _plan(tape)
+    if plan is not None and len(plan) == len(args):
+        # quick layout: no tree walk
         if kind == "c":
             adj = None
         else:
             adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp)
         grads = []
-        for slot, shape, dt in tape.in_leaves:
+        for p in plan:
+            if p[0] == "seq":
+                grads.append(p[1]([0.0 if adj is None else adj[sp[0]] for sp in p[2]]))
+                continue
+            slot, shape, dt = p[1]
             if shape is None:
                 grads.append(0.0 if adj is None else adj[slot])
             else:

@@ -171,3 +171,24 @@ def test_replay_with_every_rule():
     expected = adcore.grad(f, argnums=(0, 1, 2))(*p1)
     assert all(np.isfinite(expected)) and expected[0] != 0.0 and expected[1] != 0.0
     assert tape.gradient(*p1) == expected
+
+
+def test_replay_with_list_of_scalars():
+    def rosen(xs):
+        s = 0.0
+        for i in range(len(xs) - 1):
+            a = xs[i]
+            s = s + 100.0 * (xs[i + 1] - a * a) ** 2 + (1.0 - a) ** 2
+        return s
+
+    x0 = [0.5, -0.3, 1.2, 0.8]
+    x1 = list(np.array([0.1, 0.2, -0.7, 1.1]))        # numpy scalars are accepted
+    tape = adcore.record(rosen, x0)
+    g = tape.gradient(x1)
+    assert isinstance(g, list) and g == adcore.grad(rosen)([float(v) for v in x1])
+    with pytest.raises(TypeError, match=r"argument 0\[2\].*str"):
+        tape.gradient([0.1, 0.2, "x", 1.1])
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient([0.1, 0.2])
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient(tuple(x0))
