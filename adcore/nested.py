@@ -151,36 +151,20 @@ class NestedDual:
         parts = list(values) + [t for ts in tangents if ts is not None for t in ts]
         if not any(getattr(p, "_ad_tag", None) is not None for p in parts):
             return _plain_primitive(prim, values, tangents, params, tag)
-        # parts of outer differentiations: the tangent map of a linear primitive is the
-        # primitive itself (bilinear: one term per factor), applied to the parts through
-        # the dispatcher, so the outer differentiations see ordinary primitive calls
-        if prim.name not in _LINEAR and prim.name not in _BILINEAR:
-            raise NestingError(
-                f"adcore.{prim.name}: this array primitive cannot carry a differentiation "
-                f"nested inside another one (tag {tag}); linear ones "
-                f"({', '.join(sorted(_LINEAR | _BILINEAR))}) can")
-        r = prim(*values, **params)
-        out: List[Any] = []
-        for j in range(k):
-            if prim.name in _LINEAR:
-                moving = [ts is not None and not _is_zero(ts[j]) for ts in tangents]
-                if not any(moving):
-                    out.append(0.0)
-                    continue
-                targs = [tangents[i][j] if moving[i] else _zeros_of(values[i])
-                         for i in range(len(values))]
-                out.append(prim(*targs, **params))
-            else:
-                term: Any = 0.0
-                for i, ts in enumerate(tangents):
-                    if ts is None or _is_zero(ts[j]):
-                        continue
-                    factors = list(values)
-                    factors[i] = ts[j]
-                    piece = prim(*factors, **params)
-                    term = piece if _is_zero(term) else term + piece
-                out.append(term)
-        return _build(r, out, tag)
+        # parts of outer differentiations: the value and the jvp rule run on them
+        # through the dispatcher (jvp rules use only adcore operations), so every outer
+        # differentiation sees ordinary primitive calls on its own values; the k
+        # directions travel stacked on a leading axis, as in plain forward mode
+        from .array_ops import getitem
+        out = prim(*values, **params)
+        dxs = [None if ts is None else _stacked(ts, v) for v, ts in zip(values, tangents)]
+        t = prim.jvp(values, dxs, out, **params)
+        want = (k,) + tuple(np.shape(_primal(out)))
+        if tuple(np.shape(_primal(t))) != want:
+            raise ValueError(f"forward mode: adcore.{prim.name}'s jvp gave tangents of "
+                             f"shape {np.shape(_primal(t))} for a result of shape "
+                             f"{want[1:]} (expected {want})")
+        return _build(out, [getitem(t, j) for j in range(k)], tag)
 
     # -- operators: everything dispatches
 
@@ -289,19 +273,25 @@ class NestedDual:
         return apply(op, inputs)
 
 
-#: array primitives linear in their inputs jointly (tangent = the primitive of the tangents)
-_LINEAR = frozenset({"getitem", "sum", "mean", "reshape", "transpose", "broadcast_to",
-                     "concatenate", "stack"})
-#: bilinear: d(a @ b) = da @ b + a @ db
-_BILINEAR = frozenset({"matmul"})
-
-
-def _zeros_of(x: Any) -> Any:
-    value = _primal(x)
-    if np.ndim(value) == 0:
-        return 0.0
-    value = np.asarray(value)
-    return np.zeros(value.shape, dtype=value.dtype if value.dtype == np.float32 else np.float64)
+def _stacked(ts: List[Any], value: Any) -> Any:
+    """One argument's k tangents as one array with a leading axis of k directions;
+    each tangent broadcast to the value's shape first (a rule's tangent keeps the
+    shape of the input it came from)."""
+    from .array_ops import broadcast_to, stack
+    shape = tuple(np.shape(_primal(value)))
+    dt = np.asarray(_primal(value)).dtype
+    dt = dt if dt == np.float32 else np.dtype(np.float64)
+    parts: List[Any] = []
+    for t in ts:
+        if getattr(t, "_ad_tag", None) is None:
+            parts.append(np.broadcast_to(np.asarray(t, dtype=dt), shape))
+        elif tuple(np.shape(_primal(t))) != shape:
+            parts.append(broadcast_to(t, shape))
+        else:
+            parts.append(t)
+    if all(getattr(p, "_ad_tag", None) is None for p in parts):
+        return np.stack(parts)
+    return stack(parts, axis=0)
 
 
 def _plain_primitive(prim: Any, values: List[Any], tangents: List[Optional[List[Any]]],
