@@ -118,6 +118,11 @@ cdef inline bint _is_number(object x):
     return isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+cdef object _contig(object a, object dtype=None):
+    """a as a C-contiguous array of dtype (0-d arrays stay 0-d)."""
+    return np.asarray(a, dtype=dtype, order="C")
+
+
 def _float_array(object x, object name):
     """x as a C-contiguous float32/float64 array (ints and bools promoted to float64)."""
     a = np.asarray(x)
@@ -130,7 +135,7 @@ def _float_array(object x, object name):
     else:
         raise TypeError(f"{name}: an array of dtype {a.dtype} cannot be differentiated "
                         "(real float32/float64, or integers promoted to float64)")
-    return np.ascontiguousarray(a)
+    return _contig(a)
 
 
 # ------------------------------------------------------------------------ Tape
@@ -317,7 +322,9 @@ cdef class Tape:
         return self._scalar(s, value)
 
     cdef Py_ssize_t _const_array(self, object value) except -1:
-        a = np.ascontiguousarray(value)
+        a = _contig(value)
+        if a is value:
+            a = a.copy()
         a.flags.writeable = False
         return (<TapeArray>self._array(("const", a.shape, a.dtype.str), a, False)).slot
 
@@ -467,7 +474,7 @@ cdef class Tape:
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
                 if arr.dtype is not _f64:
-                    arr = np.ascontiguousarray(arr, np.float64)
+                    arr = _contig(arr, np.float64)
                 keep.append(arr)
                 e[k].p = <const double*>_ptr(arr)
                 e[k].st = 1
@@ -567,7 +574,7 @@ cdef class Tape:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
                                              f"shape {out.shape} on replay, {tuple(desc[4])} "
                                              "when recorded")
-                wa[s] = np.ascontiguousarray(out, np.dtype(desc[5]))
+                wa[s] = _contig(out, np.dtype(desc[5]))
         if self.ins[s].flags & F_CHECK:
             if self.ins[s].flags & F_SCALAR:
                 if not same_value(w[s], self.val[s]):
@@ -653,8 +660,8 @@ cdef class Tape:
                 elif kind2 == "s" and self._needs(ref):
                     e[k].g = &adj[<Py_ssize_t>ref]
             # _ptr demands C-contiguous buffers; copies only for other dtypes
-            gc = g if type(g) is np.ndarray and g.dtype is _f64 else np.ascontiguousarray(g, np.float64)
-            od = out if out.dtype is _f64 else np.ascontiguousarray(out, np.float64)
+            gc = g if type(g) is np.ndarray and g.dtype is _f64 else _contig(g, np.float64)
+            od = out if out.dtype is _f64 else _contig(out, np.float64)
             if gc.size != n or od.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
             po = <const double*>_ptr(od)
@@ -805,7 +812,7 @@ cdef class Tape:
                 if v.shape != self.avals[si].shape or v.dtype != self.avals[si].dtype:
                     raise ValueError(f"input of shape {v.shape} and dtype {v.dtype} for a "
                                      f"recorded {self.avals[si].shape} {self.avals[si].dtype}")
-                rp.wa[si] = np.ascontiguousarray(v)
+                rp.wa[si] = _contig(v)
         self._forward(rp.w, rp.wa)
         return rp
 
@@ -1393,7 +1400,7 @@ def _dtype_from(s, kinds):
         raise _bad("malformed dtype")
     try:
         dt = np.dtype(s)
-    except TypeError:
+    except Exception:       # numpy's parser raises TypeError, SyntaxError, ...
         raise _bad(f"unknown dtype {s!r}") from None
     if dt.kind not in kinds or dt.itemsize > 8 or dt.str != s or dt.fields is not None \
             or dt.subdtype is not None:
@@ -1455,7 +1462,7 @@ def _dump(Tape t):
     offset = 0
     arrays = []
     for slot in sorted(avals):
-        a = np.ascontiguousarray(avals[slot])
+        a = _contig(avals[slot])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
         arrays.append([int(slot), a.dtype.str, list(a.shape), offset])
         blobs.append(a.tobytes())
@@ -1545,6 +1552,22 @@ def _load(data):
         raise _bad(f"inconsistent metadata ({type(exc).__name__}: {exc})") from None
 
 
+def _check_params(prim, params, what):
+    """Every saved parameter must be a keyword that prim.value takes."""
+    import inspect
+    try:
+        sig = inspect.signature(prim.value)
+    except (TypeError, ValueError):
+        return
+    ps = sig.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()):
+        return
+    for key, _ in params:
+        p = ps.get(key)
+        if p is None or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            raise _bad(f"{what}: primitive {prim.name} takes no parameter {key!r}")
+
+
 def _build(ins, val, meta, blob):
     from .primitives import REGISTRY
     if not isinstance(meta, dict) or set(meta) != {"aux", "arrays", "in_tree", "in_leaves",
@@ -1615,7 +1638,7 @@ def _build(ins, val, meta, blob):
         if not isinstance(off, int) or off < 0 or off + nbytes > len(blob):
             raise _bad(f"array of slot {slot} lies outside the data")
         a = np.frombuffer(blob, dt, _prod(shape), off).reshape(shape)
-        a = np.ascontiguousarray(a.astype(dt.newbyteorder("="), copy=True))
+        a = _contig(a.astype(dt.newbyteorder("="), copy=True))
         a.flags.writeable = False
         avals[slot] = a
     if set(avals) != set(int(s) for s in np.nonzero(is_arr)[0]):
@@ -1690,6 +1713,7 @@ def _build(ins, val, meta, blob):
                 if not isinstance(p, list) or len(p) != 2 or not isinstance(p[0], str):
                     raise _bad(f"{what}: params")
                 params.append((p[0], _dec(p[1])))
+            _check_params(REGISTRY[name], params, what)
             if not isinstance(d[3], list):
                 raise _bad(f"{what}: operands")
             refs = tuple(ref(r, pos, True, what) for r in d[3])

@@ -429,7 +429,7 @@ def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
             if v.shape != tuple(shape):
                 raise ValueError(f"{name()}: the tape was recorded with shape {tuple(shape)}, "
                                  f"got {v.shape}")
-            values.append(np.ascontiguousarray(v, dtype=np.dtype(dt)))
+            values.append(np.asarray(v, dtype=np.dtype(dt), order="C"))
     return values
 
 
