@@ -20,7 +20,7 @@ from ._dual import Dual, DualArray
 from .dispatch import new_tag
 from .errors import NestingError
 from .nested import NestedDual
-from .trees import flatten, unflatten
+from .trees import TreeDef, flatten as _tree_flatten, unflatten as _tree_unflatten
 
 __all__ = ["jvp", "derivative", "jacfwd"]
 
@@ -142,11 +142,16 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     """
     primals = _as_tuple(primals, "primals")
     tangents = _as_tuple(tangents, "tangents")
-    leaves, treedef = flatten(primals)
-    tleaves, tdef = flatten(tangents)
-    if tdef != treedef:
-        raise ValueError(f"jvp: primals and tangents have different structures: "
-                         f"{treedef!r} and {tdef!r}")
+    if len(primals) == len(tangents) and all(type(x) in _LEAVES for x in primals) \
+            and all(type(t) in _LEAVES for t in tangents):
+        # arguments that are plain leaves already: no tree walk (the common case)
+        leaves, tleaves, treedef = list(primals), list(tangents), None
+    else:
+        leaves, treedef = _tree_flatten(primals)
+        tleaves, tdef = _tree_flatten(tangents)
+        if tdef != treedef:
+            raise ValueError(f"jvp: primals and tangents have different structures: "
+                             f"{treedef!r} and {tdef!r}")
     with _Differentiation() as tag:
         seeded = []
         for x, t in zip(leaves, tleaves):
@@ -158,7 +163,10 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
                 raise ValueError(f"jvp: a tangent of shape {tarr.shape} for a primal of "
                                  f"shape {shape}")
             seeded.append(_seed(x, tarr[None], tag, "jvp"))
-        out = f(*unflatten(treedef, seeded))
+        out = f(*(seeded if treedef is None else _tree_unflatten(treedef, seeded)))
+        if type(out) in _OUT_LEAVES:
+            v, ts = _split(out, tag, 1)
+            return v, ts[0]
         oleaves, odef = flatten(out)
         values, touts = [], []
         for y in oleaves:
@@ -166,6 +174,25 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
             values.append(v)
             touts.append(ts[0])
     return unflatten(odef, values), unflatten(odef, touts)
+
+
+#: leaf types that need no tree walk (argument leaves; output leaves)
+_LEAVES = (float, int, np.ndarray)
+_OUT_LEAVES = (float, int, np.ndarray, Dual, DualArray, NestedDual)
+_LEAF = TreeDef("leaf")
+
+
+def flatten(tree: Any) -> Tuple[List[Any], Any]:
+    """trees.flatten, without a tree walk for a single leaf (the common case)."""
+    if type(tree) in _OUT_LEAVES:
+        return [tree], _LEAF
+    return _tree_flatten(tree)
+
+
+def unflatten(treedef: Any, leaves: List[Any]) -> Any:
+    if treedef == _LEAF and len(leaves) == 1:
+        return leaves[0]
+    return _tree_unflatten(treedef, leaves)
 
 
 def derivative(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
