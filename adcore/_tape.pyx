@@ -1044,7 +1044,13 @@ cdef class TapeValue:
     cdef double val
 
     _ad_rank = 0
-    __array_ufunc__ = None     # numpy defers to our reflected operators
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import numpy_api
+        return numpy_api.array_ufunc(self, ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from . import numpy_api
+        return numpy_api.array_function(self, func, types, args, kwargs)
 
     @property
     def _ad_tag(self):
@@ -1162,7 +1168,13 @@ cdef class TapeArray:
     cdef readonly object dtype
 
     _ad_rank = 1
-    __array_ufunc__ = None
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import numpy_api
+        return numpy_api.array_ufunc(self, ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from . import numpy_api
+        return numpy_api.array_function(self, func, types, args, kwargs)
 
     @property
     def _ad_tag(self):

@@ -261,16 +261,12 @@ class NestedDual:
         return transpose(self)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        if method != "__call__" or kwargs:
-            return NotImplemented
-        from ._dual import _UFUNC_RULES, _UFUNC_COMPARE, _COMPARE_NP
-        name = ufunc.__name__
-        if name in _UFUNC_COMPARE:
-            return _COMPARE_NP[_UFUNC_COMPARE[name]](*[_primal(x) for x in inputs])
-        op = _UFUNC_RULES.get(name)
-        if op is None:
-            return NotImplemented
-        return apply(op, inputs)
+        from . import numpy_api
+        return numpy_api.array_ufunc(self, ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        from . import numpy_api
+        return numpy_api.array_function(self, func, types, args, kwargs)
 
 
 def _stacked(ts: List[Any], value: Any) -> Any:
