@@ -80,6 +80,15 @@ cdef struct EwArg:
     Py_ssize_t st
     double* g
 
+# float32 operands: p is NULL for a scalar (read c instead); an array operand's
+# adjoint is a float block (g), a scalar operand's its double slot (gs).
+cdef struct EwArgF:
+    const float* p
+    double c
+    Py_ssize_t st
+    float* g
+    double* gs
+
 include "_tape_sweeps.pxi"
 
 
@@ -484,12 +493,50 @@ cdef class Tape:
                 e[k].c = ref
         return 0
 
+    cdef int _ew_args_f32(self, tuple refs, EwArgF* e, double* vals, dict arrays, list keep,
+                          Py_ssize_t n) except -1:
+        """Fill the float kernel operands (a float64 array operand, which only a
+        hand-made tape can hold, is read through a float32 copy)."""
+        cdef int k
+        for k in range(3):
+            e[k].g = NULL
+            e[k].gs = NULL
+            e[k].c = 0.0
+            e[k].st = 0
+            e[k].p = NULL
+        for k in range(len(refs)):
+            kind, ref = refs[k]
+            if kind == "a":
+                arr = arrays[ref]
+                if (not isinstance(arr, np.ndarray) or arr.size != n
+                        or (arr.dtype != _f32 and arr.dtype != _f64)):
+                    raise TapeError(f"element-wise operand {k} is not a float array of "
+                                    f"{n} elements")
+                if arr.dtype is not _f32:
+                    arr = _contig(arr, np.float32)
+                keep.append(arr)
+                e[k].p = <const float*>_ptr(arr)
+                e[k].st = 1
+            elif kind == "s":
+                e[k].c = vals[<Py_ssize_t>ref]
+            else:
+                e[k].c = ref
+        return 0
+
     cdef int _ew_run(self, int op, tuple refs, object out, double* vals, dict arrays) except -1:
         cdef EwArg e[3]
+        cdef EwArgF ef[3]
+        cdef float* pf
         keep = []
         if (out.dtype != _f32 and out.dtype != _f64) or not out.flags.c_contiguous:
             raise TapeError("element-wise result is not a contiguous float array")
         cdef Py_ssize_t n = out.size
+        if out.dtype is _f32:
+            self._ew_args_f32(refs, ef, vals, arrays, keep, n)
+            pf = <float*>_ptr(out)
+            with nogil:
+                ew_value_f32(op, ef, pf, n)
+            return 0
         self._ew_args(refs, e, vals, arrays, keep, n)
         res = out if out.dtype is _f64 else np.empty(out.shape, np.float64)
         cdef double* po = <double*>_ptr(res)
@@ -615,10 +662,13 @@ cdef class Tape:
     cdef int _array_reverse(self, Py_ssize_t s, double* w, dict wa, double* adj,
                             dict aadj) except -1:
         cdef EwArg e[3]
+        cdef EwArgF ef[3]
         cdef int k, op, ar
         cdef Py_ssize_t n
         cdef const double* po
         cdef const double* pg
+        cdef const float* pof
+        cdef const float* pgf
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
         if kind in ("input", "const"):
@@ -626,7 +676,7 @@ cdef class Tape:
         if self.ins[s].flags & F_SCALAR:
             if adj[s] == 0.0:
                 return 0
-            g = np.float64(adj[s])
+            g = self._scalar_cotangent(desc, adj[s], wa)
         else:
             g = aadj.get(s)
             if g is None:
@@ -647,27 +697,58 @@ cdef class Tape:
             ar = RULE_ARITY[op]
             refs = desc[2]
             keep = []
+            later = []      # (adjoint, block of another dtype to add into it)
             out = wa[s]
             n = out.size
-            self._ew_args(refs, e, w, wa, keep, n)
+            f32 = out.dtype is _f32
+            rt = _f32 if f32 else _f64
+            if f32:
+                self._ew_args_f32(refs, ef, w, wa, keep, n)
+            else:
+                self._ew_args(refs, e, w, wa, keep, n)
             for k in range(ar):
                 kind2, ref = refs[k]
                 if kind2 == "a" and self._needs(ref):
                     ga = aadj.get(ref)
                     if ga is None:
-                        ga = aadj[ref] = np.zeros(wa[ref].shape, np.float64)
-                    e[k].g = <double*>_ptr(ga)
+                        # adjoints keep the dtype of their value
+                        ga = aadj[ref] = np.zeros(wa[ref].shape, wa[ref].dtype)
+                    if ga.dtype is not rt or not ga.flags.c_contiguous:
+                        # an operand of the other dtype: accumulate apart, add after
+                        tmp = np.zeros(out.shape, rt)
+                        later.append((ga, tmp))
+                        ga = tmp
+                    if ga.size != n:
+                        raise TapeError("element-wise adjoint does not fit its operand")
+                    if f32:
+                        ef[k].g = <float*>_ptr(ga)
+                    else:
+                        e[k].g = <double*>_ptr(ga)
                 elif kind2 == "s" and self._needs(ref):
-                    e[k].g = &adj[<Py_ssize_t>ref]
+                    if f32:
+                        ef[k].gs = &adj[<Py_ssize_t>ref]
+                    else:
+                        e[k].g = &adj[<Py_ssize_t>ref]
             # _ptr demands C-contiguous buffers; copies only for other dtypes
-            gc = g if type(g) is np.ndarray and g.dtype is _f64 else _contig(g, np.float64)
-            od = out if out.dtype is _f64 else _contig(out, np.float64)
-            if gc.size != n or od.size != n:
+            gc = g if type(g) is np.ndarray and g.dtype is rt and g.flags.c_contiguous \
+                else _contig(g, rt)
+            if gc.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
-            po = <const double*>_ptr(od)
-            pg = <const double*>_ptr(gc)
-            with nogil:
-                ew_reverse(op, e, po, pg, n)
+            if f32:
+                pof = <const float*>_ptr(out)
+                pgf = <const float*>_ptr(gc)
+                with nogil:
+                    ew_reverse_f32(op, ef, pof, pgf, n)
+            else:
+                od = out if out.dtype is _f64 else _contig(out, np.float64)
+                if od.size != n:
+                    raise TapeError("element-wise cotangent does not fit its result")
+                po = <const double*>_ptr(od)
+                pg = <const double*>_ptr(gc)
+                with nogil:
+                    ew_reverse(op, e, po, pg, n)
+            for ga, tmp in later:
+                ga += tmp.reshape(ga.shape)
         else:
             prim, params, refs = desc[1], dict(desc[2]), desc[3]
             xs = []
@@ -696,7 +777,8 @@ cdef class Tape:
                 if kind2 == "s":
                     adj[<Py_ssize_t>ref] += float(np.sum(cts[k]))
                 else:
-                    ct = np.asarray(cts[k], np.float64)
+                    # _acc_array stores it in the dtype of its value
+                    ct = np.asarray(cts[k])
                     if ct.shape != wa[ref].shape:
                         raise ValueError(f"primitive {prim.name}: vjp returned a cotangent of "
                                          f"shape {ct.shape} for an input of shape "
@@ -713,13 +795,26 @@ cdef class Tape:
             return self.aux[self.ins[slot].a0][0] != "const"
         return True
 
+    cdef object _scalar_cotangent(self, tuple desc, double g, dict wa):
+        """The cotangent of a scalar primitive result: float32 when its array operands
+        are all float32 (a float64 one would promote the whole vjp to float64)."""
+        cdef bint f32 = False
+        for kind2, ref in desc[3]:
+            if kind2 == "a":
+                if wa[ref].dtype is not _f32:
+                    return np.float64(g)
+                f32 = True
+        return np.float32(g) if f32 else np.float64(g)
+
     cdef _acc_array(self, Py_ssize_t slot, object ct, dict aadj, dict wa):
         if self.ins[slot].flags & F_SCALAR:
             raise AssertionError("array cotangent for a scalar slot")
         ga = aadj.get(slot)
         if ga is None:
-            # a fresh C-contiguous copy: kernels take its pointer, callers keep ct
-            aadj[slot] = np.array(ct, np.float64, copy=True, order="C").reshape(wa[slot].shape)
+            # a fresh C-contiguous copy in the value's dtype: kernels take its
+            # pointer, callers keep ct
+            v = wa[slot]
+            aadj[slot] = np.array(ct, v.dtype, copy=True, order="C").reshape(v.shape)
         else:
             ga += ct
 
@@ -767,7 +862,7 @@ cdef class Tape:
             raise IndexError("seed slot out of range")
         if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
             shape = wa[slot].shape
-            ga = np.asarray(g, np.float64)
+            ga = np.asarray(g, wa[slot].dtype)
             if ga.shape != shape:
                 raise ValueError(f"cotangent of shape {ga.shape} for an output of shape {shape}")
             self._acc_array(slot, ga, out.aadj, wa)
