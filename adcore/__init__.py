@@ -29,6 +29,8 @@ from ._dual import (  # the element-wise functions, one per public rule of _rule
 from .drivers import (chain, compose, hessian, hvp, jacfwd, jacobian, jacrev,
                       value_and_jacobian)
 from . import nn  # adcore.nn: deep-learning operations, layers, optimizers, data
+from . import numpy_api  # numpy's protocols (NEP 13/18) on adcore values
+from . import optimize  # adcore.optimize.scipy_functions: fun/jac/hess/hessp for scipy
 
 __version__ = "0.1.0"
 
