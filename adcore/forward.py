@@ -294,6 +294,8 @@ def _run_chunk(f, args, which, leaves, treedef, shapes, sizes, offsets, start, s
     """Evaluate f once with the input directions start .. start+step seeded under tag."""
     if start is None:  # no input directions: the Jacobian is empty
         kc, seeded = 0, list(leaves)
+    elif step >= n and all(type(x) is float for x in leaves):
+        kc, seeded = n, list(Dual.seeds(leaves, tag))  # scalars: unit tangents in one call
     else:
         kc = min(step, n - start)
         seeded = []

@@ -168,3 +168,54 @@ def test_many_duals_do_not_share_storage():
         del d
     for i, d in enumerate(keep):
         assert d.value == float(i) and d.tangents.tolist() == [float(i)] * (10 if i % 2 else 3)
+
+
+@pytest.mark.parametrize("tangents", [
+    [1.0, 0.0, -2.5], (1.0, 0.0, -2.5), [1, 0, -2.5], np.array([1.0, 0.0, -2.5]),
+    np.array([1.0, 0.0, -2.5], dtype=np.float32), np.array([1.0, 9.0, 0.0, 9.0, -2.5])[::2],
+    np.array([[1.0, 0.0, -2.5]])[0], np.array([1, 0, -2]) * 1.25 - np.array([0, 0, 0.0]),
+])
+def test_construction_from_lists_tuples_and_arrays(tangents):
+    # every path (C fast paths and the checked numpy one) gives the same Dual
+    d = adcore.Dual(2.0, tangents)
+    want = np.asarray(tangents, dtype=np.float64)
+    assert d.value == 2.0 and d.k == 3 and d.tag == 0
+    assert d.tangents.tolist() == want.tolist()
+    big = adcore.Dual(1.5, list(range(20)), 3)
+    assert big.k == 20 and big.tag == 3 and big.tangents.tolist() == list(range(20))
+    assert adcore._dual._array_fields_checked()  # numpy's array layout is the one we read
+
+
+def test_construction_errors_from_the_fast_paths():
+    with pytest.raises(ValueError, match="at least one tangent"):
+        adcore.Dual(1.0, [])
+    with pytest.raises(ValueError, match="at least one tangent"):
+        adcore.Dual(1.0, np.zeros(0))
+    with pytest.raises(ValueError, match="1-D"):
+        adcore.Dual(1.0, [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="tag"):
+        adcore.Dual(1.0, [1.0], -1)
+    with pytest.raises(TypeError, match="real number"):
+        adcore.Dual(1.0, ["a"])
+    with pytest.raises(OverflowError):
+        adcore.Dual(1.0, [10 ** 400])
+
+
+def test_seeds_are_the_unit_tangents():
+    a, b, c = adcore.Dual.seeds([3.0, 1, np.float32(-2.0)])
+    assert (a.value, b.value, c.value) == (3.0, 1.0, -2.0)
+    assert [d.tangents.tolist() for d in (a, b, c)] == np.eye(3).tolist()
+    # the seed's polynomial: z = a x^2 + b x y + c y^2 at x = 4, y = -1
+    z = a * 4.0 ** 2 + b * 4.0 * -1.0 + c * (-1.0) ** 2
+    assert z.value == 42.0 and z.tangents.tolist() == [16.0, -4.0, 1.0]
+    many = adcore.Dual.seeds(np.arange(12.0), tag=5)
+    assert len(many) == 12 and all(d.k == 12 and d.tag == 5 for d in many)
+    assert np.array_equal(np.stack([d.tangents for d in many]), np.eye(12))
+    with pytest.raises(ValueError, match="at least one"):
+        adcore.Dual.seeds([])
+    with pytest.raises(ValueError, match="1-D"):
+        adcore.Dual.seeds(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="scalar"):
+        adcore.Dual.seeds([1.0, [2.0]])
+    with pytest.raises(TypeError, match="real numbers"):
+        adcore.Dual.seeds([a, 1.0])
