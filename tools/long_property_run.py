@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     print(f"{args.count} programs, {len(mismatches)} mismatches")
     print(f"({counts['scalar programs']} scalar and {counts['array programs']} array "
           f"programs; {counts['fd_entries']} Jacobian columns checked by finite differences; "
-          f"{counts['replayed_near']} tapes replayed at a nearby point; {counts['skipped']} "
-          f"skipped at cbrt(0); {elapsed:.0f} s)")
+          f"{counts['replayed_near']} tapes replayed at a nearby point; {counts['singular']} "
+          f"points at cbrt(0), checked entry by entry only; {elapsed:.0f} s)")
     return 1 if mismatches else 0
 
 
