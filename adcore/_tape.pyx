@@ -15,7 +15,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cpython.exc cimport PyErr_NoMemory
 from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.math cimport isnan
 
 import threading
@@ -166,6 +166,7 @@ cdef class Tape:
     cdef dict avals          # slot -> ndarray: recorded values of array slots
     cdef list array_slots    # slots of K_ARRAY instructions, ascending
     cdef object owner_thread
+    cdef list pool           # idle Replay workspaces (buffers kept across replays)
     # filled by finish_io (record) or from_bytes: what a replay takes and gives
     cdef public object in_tree      # TreeDef of the argument tuple
     cdef public list in_leaves      # per input leaf: (slot, shape or None, dtype str)
@@ -174,6 +175,7 @@ cdef class Tape:
     cdef public object flat_args    # the quick replay layout (reverse._plan), cached
 
     def __cinit__(self):
+        self.pool = []
         self.cap = 64
         self.ins = <Instr*>malloc(self.cap * sizeof(Instr))
         self.val = <double*>malloc(self.cap * sizeof(double))
@@ -586,17 +588,28 @@ cdef class Tape:
             return arrays[slot]
         return vals[slot]
 
-    cdef int _array_forward(self, Py_ssize_t s, double* w, dict wa) except -1:
-        """Recompute array instruction s during a replay."""
+    cdef int _array_forward(self, Py_ssize_t s, double* w, dict wa, dict bufs) except -1:
+        """Recompute array instruction s during a replay (into the replay's own
+        buffer for s when bufs is a dict: kept from one replay to the next)."""
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
         if kind == "input" or kind == "const":
             return 0        # set by the replay / kept from the recording
         if kind == "bcast":
-            b = np.ascontiguousarray(np.broadcast_to(wa[desc[1]], desc[2]))
+            src = wa[desc[1]]
+            b = None if bufs is None else bufs.get(s)
+            if b is None or b.dtype != src.dtype or b.shape != tuple(desc[2]):
+                b = np.empty(desc[2], src.dtype)
+                if bufs is not None:
+                    bufs[s] = b
+            np.copyto(b, np.broadcast_to(src, desc[2]))
             wa[s] = b
         elif kind == "ew":
-            out = np.empty(desc[3], np.dtype(desc[4]))
+            out = None if bufs is None else bufs.get(s)
+            if out is None:
+                out = np.empty(desc[3], np.dtype(desc[4]))
+                if bufs is not None:
+                    bufs[s] = out
             self._ew_run(desc[1], desc[2], out, w, wa)
             wa[s] = out
         else:
@@ -646,7 +659,7 @@ cdef class Tape:
             f"(float(), int(), bool() or a comparison) as {rec!r} and is {now!r} on this "
             "replay: the recorded control flow may not hold; record again at these inputs")
 
-    cdef int _forward(self, double* w, dict wa) except -1:
+    cdef int _forward(self, double* w, dict wa, dict bufs=None) except -1:
         """Replay every instruction into w / wa (inputs already set)."""
         cdef Py_ssize_t lo = 0, bad, s
         for s in self.array_slots + [self.n]:
@@ -655,12 +668,12 @@ cdef class Tape:
             if bad >= 0:
                 self._branch_error(bad, w[bad])
             if s < self.n:
-                self._array_forward(s, w, wa)
+                self._array_forward(s, w, wa, bufs)
             lo = s + 1
         return 0
 
     cdef int _array_reverse(self, Py_ssize_t s, double* w, dict wa, double* adj,
-                            dict aadj) except -1:
+                            dict aadj, dict abufs) except -1:
         cdef EwArg e[3]
         cdef EwArgF ef[3]
         cdef int k, op, ar
@@ -691,7 +704,7 @@ cdef class Tape:
             axes = tuple(i for i, d in enumerate(target) if d == 1 and red.shape[i] != 1)
             if axes:
                 red = red.sum(axis=axes, keepdims=True)
-            self._acc_array(src, red, aadj, wa)
+            self._acc_array(src, red, aadj, wa, abufs)
         elif kind == "ew":
             op = desc[1]
             ar = RULE_ARITY[op]
@@ -712,7 +725,8 @@ cdef class Tape:
                     ga = aadj.get(ref)
                     if ga is None:
                         # adjoints keep the dtype of their value
-                        ga = aadj[ref] = np.zeros(wa[ref].shape, wa[ref].dtype)
+                        ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
+                        ga.fill(0)
                     if ga.dtype is not rt or not ga.flags.c_contiguous:
                         # an operand of the other dtype: accumulate apart, add after
                         tmp = np.zeros(out.shape, rt)
@@ -783,7 +797,7 @@ cdef class Tape:
                         raise ValueError(f"primitive {prim.name}: vjp returned a cotangent of "
                                          f"shape {ct.shape} for an input of shape "
                                          f"{wa[ref].shape}")
-                    self._acc_array(ref, ct, aadj, wa)
+                    self._acc_array(ref, ct, aadj, wa, abufs)
         return 0
 
     cdef inline bint _needs(self, Py_ssize_t slot):
@@ -806,11 +820,25 @@ cdef class Tape:
                 f32 = True
         return np.float32(g) if f32 else np.float64(g)
 
-    cdef _acc_array(self, Py_ssize_t slot, object ct, dict aadj, dict wa):
+    cdef object _adj_buffer(self, Py_ssize_t slot, dict wa, dict abufs):
+        """An adjoint array for slot (contents undefined): the replay's own buffer,
+        kept from one sweep to the next, or a new one without a workspace."""
+        v = wa[slot]
+        if abufs is None:
+            return np.empty(v.shape, v.dtype)
+        b = abufs.get(slot)
+        if b is None or b.shape != v.shape or b.dtype != v.dtype:
+            b = abufs[slot] = np.empty(v.shape, v.dtype)
+        return b
+
+    cdef _acc_array(self, Py_ssize_t slot, object ct, dict aadj, dict wa, dict abufs):
         if self.ins[slot].flags & F_SCALAR:
             raise AssertionError("array cotangent for a scalar slot")
         ga = aadj.get(slot)
-        if ga is None:
+        if ga is None and abufs is not None:
+            ga = aadj[slot] = self._adj_buffer(slot, wa, abufs)
+            np.copyto(ga, np.reshape(ct, ga.shape))
+        elif ga is None:
             # a fresh C-contiguous copy in the value's dtype: kernels take its
             # pointer, callers keep ct
             v = wa[slot]
@@ -818,7 +846,7 @@ cdef class Tape:
         else:
             ga += ct
 
-    cdef int _reverse(self, double* w, dict wa, double* adj, dict aadj) except -1:
+    cdef int _reverse(self, double* w, dict wa, double* adj, dict aadj, dict abufs) except -1:
         cdef Py_ssize_t hi = self.n, s
         cdef list slots = self.array_slots
         cdef Py_ssize_t k
@@ -827,7 +855,7 @@ cdef class Tape:
             with nogil:
                 reverse_scalars(self.ins, w, adj, s + 1, hi)
             if s >= 0:
-                self._array_reverse(s, w, wa, adj, aadj)
+                self._array_reverse(s, w, wa, adj, aadj, abufs)
             hi = s
         return 0
 
@@ -837,27 +865,38 @@ cdef class Tape:
         Returns an ``Adjoints`` object; reads the recorded values (or a replay's)."""
         if self.recording:
             raise TapeError("the recording has not finished")
-        cdef Adjoints out = Adjoints.__new__(Adjoints)
-        out.n = self.n
-        out.adj = <double*>calloc(self.n if self.n else 1, sizeof(double))
-        if out.adj == NULL:
-            raise MemoryError()
-        out.aadj = {}
-        cdef Replay rp
+        cdef Adjoints out
+        cdef Replay rp = None
         cdef double* w = self.val
         wa = self.avals
+        abufs = None
         if _work is not None:
             rp = <Replay?>_work
             if rp.tape is not self:
                 raise TapeError("a replay of another tape")
             w = rp.w
             wa = rp.wa
+            abufs = rp.abufs
+        if abufs is not None and rp.adjs is not None:
+            # a pooled workspace: its adjoints of the previous sweep are overwritten
+            out = <Adjoints>rp.adjs
+            memset(out.adj, 0, (self.n if self.n else 1) * sizeof(double))
+            out.aadj = {}
+        else:
+            out = Adjoints.__new__(Adjoints)
+            out.n = self.n
+            out.adj = <double*>calloc(self.n if self.n else 1, sizeof(double))
+            if out.adj == NULL:
+                raise MemoryError()
+            out.aadj = {}
+            if abufs is not None:
+                rp.adjs = out
         for slot, g in seeds.items():
-            self._seed(out, slot, g, wa)
-        self._reverse(w, wa, out.adj, out.aadj)
+            self._seed(out, slot, g, wa, abufs)
+        self._reverse(w, wa, out.adj, out.aadj, abufs)
         return out
 
-    cdef _seed(self, Adjoints out, Py_ssize_t slot, object g, dict wa):
+    cdef _seed(self, Adjoints out, Py_ssize_t slot, object g, dict wa, dict abufs):
         if slot < 0 or slot >= self.n:
             raise IndexError("seed slot out of range")
         if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
@@ -865,7 +904,7 @@ cdef class Tape:
             ga = np.asarray(g, wa[slot].dtype)
             if ga.shape != shape:
                 raise ValueError(f"cotangent of shape {ga.shape} for an output of shape {shape}")
-            self._acc_array(slot, ga, out.aadj, wa)
+            self._acc_array(slot, ga, out.aadj, wa, abufs)
         elif type(g) is float:
             out.adj[slot] += <double>g
         else:
@@ -882,14 +921,48 @@ cdef class Tape:
                             f"got {len(values)}")
         if self.in_leaves is None:
             raise TapeError("only tapes made by adcore.record can be replayed")
+        cdef Replay rp = self._new_replay()
+        self._fill_replay(rp, values)
+        return rp
+
+    cdef Replay _new_replay(self):
         cdef Replay rp = Replay.__new__(Replay)
         rp.tape = self
         rp.n = self.n
         rp.w = <double*>malloc((self.n if self.n else 1) * sizeof(double))
         if rp.w == NULL:
             raise MemoryError()
-        memcpy(rp.w, self.val, self.n * sizeof(double))
         rp.wa = dict(self.avals)
+        return rp
+
+    def _replay_pooled(self, values):
+        """replay() into an idle workspace of this tape: its result and adjoint
+        buffers are reused, so nothing is allocated per element-wise instruction.
+        The caller copies what it hands out, then gives it back with _release."""
+        if self.recording:
+            raise TapeError("the recording has not finished")
+        if self.in_leaves is None:
+            raise TapeError("only tapes made by adcore.record can be replayed")
+        if len(values) != len(self.in_leaves):
+            raise TypeError(f"the tape takes {len(self.in_leaves)} input leaves, "
+                            f"got {len(values)}")
+        cdef Replay rp
+        try:
+            rp = self.pool.pop()     # atomic: threads never share a workspace
+        except IndexError:
+            rp = self._new_replay()
+            rp.bufs = {}
+            rp.abufs = {}
+        self._fill_replay(rp, values)
+        return rp
+
+    def _release(self, Replay rp):
+        """Give a workspace from _replay_pooled back (a few are kept)."""
+        if rp.tape is self and rp.bufs is not None and len(self.pool) < 2:
+            self.pool.append(rp)
+
+    cdef int _fill_replay(self, Replay rp, values) except -1:
+        memcpy(rp.w, self.val, self.n * sizeof(double))
         cdef Py_ssize_t si
         for (slot, shape, dt), v in zip(self.in_leaves, values):
             si = slot
@@ -908,8 +981,8 @@ cdef class Tape:
                     raise ValueError(f"input of shape {v.shape} and dtype {v.dtype} for a "
                                      f"recorded {self.avals[si].shape} {self.avals[si].dtype}")
                 rp.wa[si] = _contig(v)
-        self._forward(rp.w, rp.wa)
-        return rp
+        self._forward(rp.w, rp.wa, rp.bufs)
+        return 0
 
     def value_at(self, Py_ssize_t slot, Replay rp=None):
         """The value of a slot: recorded, or of a replay."""
@@ -1043,6 +1116,11 @@ cdef class Replay:
     cdef Py_ssize_t n
     cdef dict wa
     cdef Tape tape
+    # a pooled workspace (Tape._replay_pooled): slot -> result / adjoint buffer,
+    # and the Adjoints reused by every sweep; None for a one-off replay
+    cdef dict bufs
+    cdef dict abufs
+    cdef object adjs
 
     def __dealloc__(self):
         free(self.w)

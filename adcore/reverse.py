@@ -129,8 +129,9 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
     return rec
 
 
-def _grads(rec: _Recording, adj) -> List[Any]:
-    """The gradient of each differentiated argument, in its own structure."""
+def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
+    """The gradient of each differentiated argument, in its own structure (copies of
+    the adjoint arrays with ``copy``: a pooled replay's buffers are reused)."""
     result = []
     for td, info in rec.groups:
         leaves = []
@@ -139,7 +140,8 @@ def _grads(rec: _Recording, adj) -> List[Any]:
                 leaves.append(0.0 if adj is None else adj[slot])
             else:
                 g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-                leaves.append(np.asarray(g, dtype=np.dtype(dt)))
+                leaves.append(np.array(g, dtype=np.dtype(dt)) if copy
+                              else np.asarray(g, dtype=np.dtype(dt)))
         result.append(unflatten(td, leaves))
     return result
 
@@ -423,6 +425,9 @@ def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
                 v = float(v)
             values.append(v)
         else:
+            if not isinstance(v, np.ndarray) and tuple(shape) == ():
+                # a number for a 0-d array (numpy arithmetic on 0-d arrays gives scalars)
+                v = np.asarray(v, dtype=np.dtype(dt))
             if not isinstance(v, np.ndarray):
                 raise ValueError(f"{name()}: the tape was recorded with an array of shape "
                                  f"{tuple(shape)} here, got a scalar")
@@ -445,8 +450,11 @@ def _out_values(tape: Tape, rp) -> Any:
 
 
 def _tape_call(tape: Tape, args) -> Any:
-    rp = tape.replay(_replay_inputs(tape, args))
-    return _out_values(tape, rp)
+    rp = tape._replay_pooled(_replay_inputs(tape, args))
+    try:
+        return _out_values(tape, rp)        # copies: the workspace is reused
+    finally:
+        tape._release(rp)
 
 
 def _groups_of(tape: Tape, nargs: int):
@@ -461,7 +469,14 @@ def _groups_of(tape: Tape, nargs: int):
 
 
 def _tape_gradient(tape: Tape, args) -> Any:
-    rp = tape.replay(_replay_inputs(tape, args))
+    rp = tape._replay_pooled(_replay_inputs(tape, args))
+    try:
+        return _gradient_of(tape, args, rp)     # copies: the workspace is reused
+    finally:
+        tape._release(rp)
+
+
+def _gradient_of(tape: Tape, args, rp) -> Any:
     if len(tape.out_leaves) != 1:
         raise TypeError("Tape.gradient needs a recorded function with one scalar output "
                         "(use Tape.jacobian)")
@@ -486,7 +501,7 @@ def _tape_gradient(tape: Tape, args) -> Any:
                 grads.append(0.0 if adj is None else adj[slot])
             else:
                 g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-                grads.append(np.asarray(g, dtype=np.dtype(dt)))
+                grads.append(np.array(g, dtype=np.dtype(dt), copy=True))
         return grads[0] if len(grads) == 1 else tuple(grads)
     groups = _groups_of(tape, len(args))
     rec = _Recording(tape, groups, None)
@@ -494,13 +509,17 @@ def _tape_gradient(tape: Tape, args) -> Any:
         grads = _grads(rec, None)
     else:
         seed = np.ones(()) if kind == "a" else 1.0
-        grads = _grads(rec, tape.backward({ref: seed}, _work=rp))
+        grads = _grads(rec, tape.backward({ref: seed}, _work=rp), copy=True)
     return grads[0] if len(grads) == 1 else tuple(grads)
 
 
 def _tape_jacobian(tape: Tape, args) -> Any:
-    rp = tape.replay(_replay_inputs(tape, args))
-    groups = _groups_of(tape, len(args))
-    per_out = _jacobian(tape, groups, tape.out_tree, tape.out_leaves, rp)
+    rp = tape._replay_pooled(_replay_inputs(tape, args))
+    try:
+        groups = _groups_of(tape, len(args))
+        # _jacobian copies every adjoint into blocks of its own
+        per_out = _jacobian(tape, groups, tape.out_tree, tape.out_leaves, rp)
+    finally:
+        tape._release(rp)
     pick = (lambda b: b[0]) if len(groups) == 1 else tuple
     return unflatten(tape.out_tree, [pick(b) for b in per_out])
