@@ -466,12 +466,23 @@ class MatMul(Primitive):
         nb = builtins.max(len(sa2), len(sb2)) - 2
         tshape = (k,) + _shape(out)
         total = None
-        if dxs[0] is not None:   # the directions ride in front of the batch axes
-            da = _reshape(dxs[0], shape=(k,) + (1,) * (nb - (len(sa2) - 2)) + sa2)
-            total = _reshape(_matmul(da, b2), shape=tshape)
+        if dxs[0] is not None:
+            if len(sa) == 2 and len(sb) <= 2:
+                # one BLAS product: the k directions stacked as rows, (k m, n) @ b
+                da = _reshape(dxs[0], shape=(k * sa[0], sa[1]))
+                term = _reshape(_matmul(da, b), shape=tshape)
+            else:  # the directions ride in front of the batch axes
+                da = _reshape(dxs[0], shape=(k,) + (1,) * (nb - (len(sa2) - 2)) + sa2)
+                term = _reshape(_matmul(da, b2), shape=tshape)
+            total = term
         if dxs[1] is not None:
-            db = _reshape(dxs[1], shape=(k,) + (1,) * (nb - (len(sb2) - 2)) + sb2)
-            term = _reshape(_matmul(a2, db), shape=tshape)
+            if len(sb) == 1 and len(sa) <= 2:
+                # one BLAS product, (k, n) @ a^T, not k matrix-vector products
+                term = _reshape(_matmul(dxs[1], _transpose(a) if len(sa) == 2 else a),
+                                shape=tshape)
+            else:
+                db = _reshape(dxs[1], shape=(k,) + (1,) * (nb - (len(sb2) - 2)) + sb2)
+                term = _reshape(_matmul(a2, db), shape=tshape)
             total = term if total is None else total + term
         return total
 
