@@ -182,3 +182,29 @@ def test_a_primitive_with_wrong_tangent_shapes_is_reported():
         wrap_forward(np.ones(3), np.ones((1, 4)), 1)
     with pytest.raises(ValueError, match="expected"):
         wrap_forward(np.ones(3), np.ones(3), 1)
+
+
+def test_zero_tangents_and_partials_in_every_block_kind():
+    # blocks whose partials are all finite and non-zero take a loop without selects;
+    # the others keep "a zero tangent or partial contributes exactly 0"
+    n = 1500  # three blocks of up to 512 elements
+    v = np.linspace(0.5, 2.0, n)
+    t = np.zeros((2, n))
+    t[0, ::7] = np.inf
+    t[1, ::5] = np.nan
+    t[0, 1::7] = -3.0
+    x = DualArray(v, t)
+    y = x * -2.0  # plain blocks: -2 * t, and +0.0 (never -0.0) for zero tangents
+    np.testing.assert_array_equal(y.tangents, -2.0 * t)
+    assert not np.signbit(y.tangents[y.tangents == 0.0]).any()
+    c = np.ones(n)
+    c[700] = 0.0  # a zero partial in the second block only: there inf * 0 must give 0
+    z = x * c
+    want = t * c
+    want[:, 700] = 0.0
+    np.testing.assert_array_equal(z.tangents, want)
+    assert not np.signbit(z.tangents[z.tangents == 0.0]).any()
+    # an infinite partial (sqrt at 0) meets zero tangents in one block, finite elsewhere
+    w = DualArray(np.where(np.arange(n) == 900, 0.0, v), np.ones((1, n)) * (np.arange(n) != 900))
+    s = adcore.sqrt(w)
+    assert s.tangents[0, 900] == 0.0 and np.isfinite(s.tangents).all()
