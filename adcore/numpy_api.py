@@ -133,7 +133,7 @@ def _float_dtype(dt: Any) -> bool:
     if dt is None:
         return True
     try:
-        return np.dtype(dt).kind == "f"
+        return bool(np.dtype(dt).kind == "f")
     except TypeError:
         return False
 

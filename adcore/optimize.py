@@ -40,7 +40,7 @@ class ScipyObjective:
     """One scalar function ``f(x)`` of a 1-D float array, with its derivatives by
     replaying recorded tapes.  ``stats`` counts recordings and replays."""
 
-    def __init__(self, f: Callable[[np.ndarray], Any], replay: bool = True) -> None:
+    def __init__(self, f: Callable[[Any], Any], replay: bool = True) -> None:
         if not callable(f):
             raise TypeError(f"scipy_functions: f must be callable, got {type(f).__name__}")
         self.f = f
@@ -134,7 +134,7 @@ class ScipyObjective:
         return {"fun": self.fun, "jac": self.jac, "hess": self.hess, "hessp": self.hessp}
 
 
-def scipy_functions(f: Callable[[np.ndarray], Any], replay: bool = True
+def scipy_functions(f: Callable[[Any], Any], replay: bool = True
                     ) -> Dict[str, Callable[..., Any]]:
     """``dict(fun=..., jac=..., hess=..., hessp=...)`` for ``scipy.optimize.minimize``,
     built from one scalar function ``f`` of a 1-D array::
