@@ -480,6 +480,51 @@ def _trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
     return array_ops.sum(array_ops.getitem(a, (rows, rows + offset)))
 
 
+def _round(a: Any, decimals: int = 0, out: Any = None) -> Any:
+    _no_extras("numpy.round", out=(out, None))
+    if decimals != 0:
+        raise TypeError(f"numpy.round: decimals={decimals!r} is not supported on "
+                        f"differentiated values (only 0)")
+    return apply(OPCODES["round"], (_operand(a, "numpy.round"),))
+
+
+_implements(*[getattr(np, n) for n in ("round", "around") if hasattr(np, n)])(_round)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+@_implements(np.tensordot)
+def _tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
+    a, b = _operand(a, "numpy.tensordot"), _operand(b, "numpy.tensordot")
+    sa, sb = np.shape(array_ops._primal(a)), np.shape(array_ops._primal(b))
+    if isinstance(axes, (int, np.integer)):
+        n = int(axes)
+        ax_a, ax_b = list(range(len(sa) - n, len(sa))), list(range(n))
+    else:
+        ax_a, ax_b = axes
+        ax_a = [ax_a] if isinstance(ax_a, (int, np.integer)) else list(ax_a)
+        ax_b = [ax_b] if isinstance(ax_b, (int, np.integer)) else list(ax_b)
+    ax_a = [int(i) % len(sa) for i in ax_a]
+    ax_b = [int(i) % len(sb) for i in ax_b]
+    if len(ax_a) != len(ax_b) or any(sa[i] != sb[j] for i, j in zip(ax_a, ax_b)):
+        raise ValueError(f"numpy.tensordot: shape-mismatch for sum ({sa} over {ax_a}, "
+                         f"{sb} over {ax_b})")
+    free_a = [i for i in range(len(sa)) if i not in ax_a]
+    free_b = [j for j in range(len(sb)) if j not in ax_b]
+    k = _prod([sa[i] for i in ax_a])
+    a2 = array_ops.reshape(array_ops.transpose(a, tuple(free_a + ax_a)),
+                           (_prod([sa[i] for i in free_a]), k))
+    b2 = array_ops.reshape(array_ops.transpose(b, tuple(ax_b + free_b)),
+                           (k, _prod([sb[j] for j in free_b])))
+    return array_ops.reshape(array_ops.matmul(a2, b2),
+                             tuple(sa[i] for i in free_a) + tuple(sb[j] for j in free_b))
+
+
 # shape queries and constants made from a shape: no derivative involved
 @_implements(np.shape)
 def _shape(a):

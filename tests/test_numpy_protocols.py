@@ -66,6 +66,15 @@ PROGRAMS = {
                       lambda x: adcore.sum((x[1:] - x[:-1]) ** 2.0)
                       + adcore.sum(x[[0, 2]]) * x[-1]
                       + adcore.sum(adcore.minimum(adcore.maximum(x, -0.5), 1.0) ** 2.0)),
+    "tensordot_round": (lambda x: np.sum(np.tensordot(np.reshape(x, (2, 3)),
+                                                      np.reshape(x, (3, 2)), axes=1) ** 2.0)
+                        + np.tensordot(x, x, axes=1) + np.sum(np.round(x * 0.7) * x)
+                        + np.sum(np.tensordot(np.reshape(x, (1, 2, 3)),
+                                              np.arange(6.0).reshape(3, 2), axes=([2, 1], [0, 1]))),
+                        lambda x: adcore.sum(adcore.matmul(adcore.reshape(x, (2, 3)),
+                                                           adcore.reshape(x, (3, 2))) ** 2.0)
+                        + adcore.matmul(x, x) + adcore.sum(adcore.round(x * 0.7) * x)
+                        + adcore.sum(x * np.arange(6.0).reshape(3, 2).T.reshape(6))),
     "reduce_methods": (lambda x: np.add.reduce(x * x) + np.maximum.reduce(x)
                        + np.minimum.reduce(x),
                        lambda x: adcore.sum(x * x) + adcore.max(x) - adcore.max(-x)),
