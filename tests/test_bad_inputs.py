@@ -582,6 +582,49 @@ def test_catalogue_command_line(case_id, what, args, match):
     assert re.search(match, lines[0]), (case_id, lines[0])
 
 
+FUZZ = PRELUDE + '''
+import json, random, sys
+def prog(x, p):
+    y = adcore.sin(x) * p["a"] + 2.0
+    z = adcore.where(adcore.less(y, 1.0), y * y, adcore.sqrt(adcore.abs(y)))
+    return (adcore.sum(z) + p["a"] / (1.0 + p["b"] * p["b"])
+            + adcore.sum(adcore.matmul(x[None, :], x[:, None])))
+data = adcore.record(prog, np.array([0.3, -0.4]), {"a": 1.5, "b": 0.5}).to_bytes()
+rnd = random.Random(int(sys.argv[1]))
+counts = {}
+for _ in range(int(sys.argv[2])):
+    b = bytearray(data)
+    for _ in range(rnd.randint(1, 4)):
+        b[rnd.randrange(HEADER.size, len(b))] = rnd.randrange(256)
+    f = list(HEADER.unpack_from(b, 0))
+    f[6] = zlib.crc32(bytes(b[HEADER.size:]))
+    b[:HEADER.size] = HEADER.pack(*f)
+    try:
+        t = Tape.from_bytes(bytes(b))
+    except TapeFormatError:
+        counts["refused"] = counts.get("refused", 0) + 1
+        continue
+    try:
+        t.gradient(np.array([0.1, 0.2]), {"a": 1.0, "b": 2.0})
+        outcome = "replayed"
+    except (TypeError, ValueError, BranchChangedError) as e:
+        outcome = "replay refused"  # the damage changed the inputs' structure or a branch
+    counts[outcome] = counts.get(outcome, 0) + 1
+print(json.dumps(counts))
+'''
+
+
+def test_fuzzed_saved_tapes_never_crash():
+    # random bytes written over a saved tape's body, the checksum made valid again (as a
+    # hostile file would): every load is refused with TapeFormatError or loads a tape
+    # whose replay returns or raises an ordinary exception, in a child that exits cleanly
+    proc = subprocess.run([sys.executable, "-c", FUZZ, "7", "400"], capture_output=True,
+                          text=True, timeout=600, env=_child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout)
+    assert sum(counts.values()) == 400 and counts.get("refused", 0) > 200, counts
+
+
 def test_a_crash_in_the_child_is_reported_and_named():
     # the harness itself: a case that kills its interpreter is caught and named
     boom = Case("X1", "a deliberate crash", "import os\nos.abort()", None, risky=True)
