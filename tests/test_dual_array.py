@@ -200,7 +200,8 @@ def test_zero_tangents_and_partials_in_every_block_kind():
     c = np.ones(n)
     c[700] = 0.0  # a zero partial in the second block only: there inf * 0 must give 0
     z = x * c
-    want = t * c
+    with np.errstate(invalid="ignore"):  # inf * 0 in the reference, overwritten below
+        want = t * c
     want[:, 700] = 0.0
     np.testing.assert_array_equal(z.tangents, want)
     assert not np.signbit(z.tangents[z.tangents == 0.0]).any()
