@@ -1,3 +1,4 @@
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
 # cython: initializedcheck=False
 """Reverse mode: the tape.
 
