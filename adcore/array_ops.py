@@ -460,29 +460,35 @@ class MatMul(Primitive):
         # numpy's rules made explicit: 1-D operands as 1xn / nx1 matrices
         sa2 = (1,) + sa if len(sa) == 1 else sa
         sb2 = sb + (1,) if len(sb) == 1 else sb
-        a2 = a if sa2 == sa else _reshape(a, shape=sa2)
-        b2 = b if sb2 == sb else _reshape(b, shape=sb2)
         k, _ = _k_and_dtype(dxs)
         nb = builtins.max(len(sa2), len(sb2)) - 2
         tshape = (k,) + _shape(out)
+        if all(getattr(v, "_ad_tag", None) is None for v in (a, b, dxs[0], dxs[1])):
+            # plain arrays (no outer differentiation): numpy itself, without a
+            # primitive call per reshape
+            mm, tr = np.matmul, np.transpose
+            rs = np.reshape
+        else:
+            mm, tr = _matmul, _transpose
+            rs = lambda x, shape: x if _shape(x) == tuple(shape) else _reshape(  # noqa: E731
+                x, shape=tuple(shape))
         total = None
         if dxs[0] is not None:
             if len(sa) == 2 and len(sb) <= 2:
                 # one BLAS product: the k directions stacked as rows, (k m, n) @ b
-                da = _reshape(dxs[0], shape=(k * sa[0], sa[1]))
-                term = _reshape(_matmul(da, b), shape=tshape)
+                da = rs(dxs[0], (k * sa[0], sa[1]))
+                term = rs(mm(da, b), tshape)
             else:  # the directions ride in front of the batch axes
-                da = _reshape(dxs[0], shape=(k,) + (1,) * (nb - (len(sa2) - 2)) + sa2)
-                term = _reshape(_matmul(da, b2), shape=tshape)
+                da = rs(dxs[0], (k,) + (1,) * (nb - (len(sa2) - 2)) + sa2)
+                term = rs(mm(da, b if sb2 == sb else rs(b, sb2)), tshape)
             total = term
         if dxs[1] is not None:
             if len(sb) == 1 and len(sa) <= 2:
                 # one BLAS product, (k, n) @ a^T, not k matrix-vector products
-                term = _reshape(_matmul(dxs[1], _transpose(a) if len(sa) == 2 else a),
-                                shape=tshape)
+                term = rs(mm(dxs[1], tr(a) if len(sa) == 2 else a), tshape)
             else:
-                db = _reshape(dxs[1], shape=(k,) + (1,) * (nb - (len(sb2) - 2)) + sb2)
-                term = _reshape(_matmul(a2, db), shape=tshape)
+                db = rs(dxs[1], (k,) + (1,) * (nb - (len(sb2) - 2)) + sb2)
+                term = rs(mm(a if sa2 == sa else rs(a, sa2), db), tshape)
             total = term if total is None else total + term
         return total
 
