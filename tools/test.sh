@@ -91,6 +91,8 @@ pip_q install -q "${INSTALL}[test]"
 
 mkdir "$WORK/run"
 cp -R "$TESTS" "$WORK/run/tests"
+# The docs beside the tests, for the tests that check the docs against the code.
+if [[ -d "$(dirname "$TESTS")/docs" ]]; then cp -R "$(dirname "$TESTS")/docs" "$WORK/run/docs"; fi
 cd "$WORK/run"
 # The suite must exercise the installed copy: refuse to run against anything else.
 env ${PYTEST_ENV[@]+"${PYTEST_ENV[@]}"} "$VPY" - "$WORK/venv" <<'PYCHECK'
