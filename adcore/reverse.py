@@ -341,8 +341,10 @@ def record(f: Callable, *example_args: Any) -> Tape:
 
 def _plan(tape: Tape):
     """The quick replay layout (cached on the tape): per positional argument,
-    ("leaf", spec) for one leaf, or ("seq", list|tuple, specs) for a list/tuple of
-    scalars; None when some argument needs the general tree walk."""
+    ("leaf", spec) for one leaf, ("seq", list|tuple, specs) for a list/tuple of
+    scalars, or ("tree", treedef, specs) for any other structure (one flatten and one
+    structure comparison, then the leaves as quickly as single leaves); None when the
+    tape has no recorded structure."""
     if tape.flat_args is None:
         td = tape.in_tree
         if td is None:
@@ -359,10 +361,23 @@ def _plan(tape: Tape):
                   and all(sp[1] is None for sp in specs)):
                 plan.append(("seq", list if c.kind == "list" else tuple, specs))
             else:
-                plan = False
-                break
+                plan.append(("tree", c, specs))
         tape.flat_args = plan
     return tape.flat_args or None
+
+
+def _quick_leaf(a, spec):
+    """A leaf's replay value when it needs no conversion beyond integers to float64,
+    else None (the general path converts or names the error)."""
+    slot, shape, dt = spec
+    if shape is None:
+        return a if type(a) is float else None
+    if type(a) is np.ndarray and a.shape == shape and a.flags.c_contiguous:
+        if a.dtype.str == dt:
+            return a
+        if dt == "<f8" and a.dtype.kind in "iu":     # integer labels, as recorded
+            return a.astype(np.float64)
+    return None
 
 
 def _quick_inputs(plan, args):
@@ -373,14 +388,19 @@ def _quick_inputs(plan, args):
     values = []
     for p, a in zip(plan, args):
         if p[0] == "leaf":
-            slot, shape, dt = p[1]
-            if shape is None and type(a) is float:
-                values.append(a)
-            elif (shape is not None and type(a) is np.ndarray and a.shape == shape
-                  and a.dtype.str == dt and a.flags.c_contiguous):
-                values.append(a)
-            else:
+            v = _quick_leaf(a, p[1])
+            if v is None:
                 return None
+            values.append(v)
+        elif p[0] == "tree":
+            leaves, td = flatten(a)
+            if td != p[1]:
+                return None
+            for leaf, spec in zip(leaves, p[2]):
+                v = _quick_leaf(leaf, spec)
+                if v is None:
+                    return None
+                values.append(v)
         else:
             if type(a) is not p[1] or len(a) != len(p[2]):
                 return None
@@ -476,6 +496,15 @@ def _tape_gradient(tape: Tape, args) -> Any:
         tape._release(rp)
 
 
+def _leaf_grad(adj, spec):
+    """One input leaf's gradient, a copy (a pooled workspace's buffers are reused)."""
+    slot, shape, dt = spec
+    if shape is None:
+        return 0.0 if adj is None else adj[slot]
+    g = np.zeros(shape) if adj is None else adj.array(slot, shape)
+    return np.array(g, dtype=np.dtype(dt), copy=True)
+
+
 def _gradient_of(tape: Tape, args, rp) -> Any:
     if len(tape.out_leaves) != 1:
         raise TypeError("Tape.gradient needs a recorded function with one scalar output "
@@ -495,13 +524,10 @@ def _gradient_of(tape: Tape, args, rp) -> Any:
         for p in plan:
             if p[0] == "seq":
                 grads.append(p[1]([0.0 if adj is None else adj[sp[0]] for sp in p[2]]))
-                continue
-            slot, shape, dt = p[1]
-            if shape is None:
-                grads.append(0.0 if adj is None else adj[slot])
+            elif p[0] == "tree":
+                grads.append(unflatten(p[1], [_leaf_grad(adj, sp) for sp in p[2]]))
             else:
-                g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-                grads.append(np.array(g, dtype=np.dtype(dt), copy=True))
+                grads.append(_leaf_grad(adj, p[1]))
         return grads[0] if len(grads) == 1 else tuple(grads)
     groups = _groups_of(tape, len(args))
     rec = _Recording(tape, groups, None)

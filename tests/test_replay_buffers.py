@@ -111,3 +111,29 @@ def test_a_number_replays_a_zero_dimensional_array_input():
     tape = adcore.record(lambda x: x * x, x0)
     assert float(tape.gradient(x0 * 1.5)) == 6.0     # x0 * 1.5 is a numpy scalar
     assert float(tape(3.0)) == 9.0
+
+
+def test_tree_arguments_replay_on_the_quick_layout():
+    rng = np.random.default_rng(4)
+    params = [{"w": rng.standard_normal((3, 2)), "b": np.zeros(2)}, {}]
+    x = rng.standard_normal((4, 3))
+    labels = np.array([0, 1, 1, 0])          # integers, recorded as float64 inputs
+
+    def loss(p, x, y):
+        z = adcore.nn.functional.linear(x, p[0]["w"], p[0]["b"])
+        return adcore.nn.cross_entropy(z, y)
+
+    tape = adcore.record(loss, params, x, labels)
+    p2 = [{"w": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)}, {}]
+    gp, gx, gy = tape.gradient(p2, x, labels[::-1].copy())
+    want = adcore.grad(loss, argnums=(0, 1))(p2, x, labels[::-1].copy())
+    assert set(gp[0]) == {"w", "b"} and gp[1] == {}
+    np.testing.assert_allclose(gp[0]["w"], want[0][0]["w"], rtol=1e-12)
+    np.testing.assert_allclose(gp[0]["b"], want[0][0]["b"], rtol=1e-12)
+    np.testing.assert_allclose(gx, want[1], rtol=1e-12)
+    np.testing.assert_array_equal(gy, np.zeros(4))
+    # another structure still gets the general path's error
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient({"w": p2[0]["w"]}, x, labels)
+    with pytest.raises(ValueError, match="shape"):
+        tape.gradient([{"w": np.zeros((2, 2)), "b": np.zeros(2)}, {}], x, labels)
