@@ -17,6 +17,7 @@ differentiations see only ordinary operations on their own values.
 from __future__ import annotations
 
 import ast
+import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -182,18 +183,20 @@ class NestedDual:
     def __pos__(self): return self
     def __abs__(self): return apply(_OP["abs"], (self,))
 
+    # Reads and comparisons go one level down, to the value's own type, so an outer
+    # tape records them and a replay that would take another branch says so.
     def __float__(self) -> float:
-        return float(_primal(self))
+        return float(self.value)
 
     def __bool__(self) -> bool:
-        return bool(_primal(self))
+        return bool(self.value)
 
-    def __lt__(self, o): return _compare(self, o, np.less)
-    def __le__(self, o): return _compare(self, o, np.less_equal)
-    def __gt__(self, o): return _compare(self, o, np.greater)
-    def __ge__(self, o): return _compare(self, o, np.greater_equal)
-    def __eq__(self, o): return _compare(self, o, np.equal)  # type: ignore[override]
-    def __ne__(self, o): return _compare(self, o, np.not_equal)  # type: ignore[override]
+    def __lt__(self, o): return _compare(self, o, operator.lt)
+    def __le__(self, o): return _compare(self, o, operator.le)
+    def __gt__(self, o): return _compare(self, o, operator.gt)
+    def __ge__(self, o): return _compare(self, o, operator.ge)
+    def __eq__(self, o): return _compare(self, o, operator.eq)  # type: ignore[override]
+    def __ne__(self, o): return _compare(self, o, operator.ne)  # type: ignore[override]
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -328,8 +331,12 @@ def _compare(a: NestedDual, b: Any, fn: Any) -> Any:
         return NotImplemented
     if not _is_operand(b):
         return NotImplemented
-    result = fn(_primal(a), _primal(b))
-    return bool(result) if np.ndim(result) == 0 else result
+    if btag == a.tag:
+        b = b.value
+    result = fn(a.value, b)
+    if isinstance(result, (bool, np.bool_)):
+        return bool(result)
+    return result
 
 
 def _split_args(args: Tuple[Any, ...], tag: int) -> Tuple[List[Any], List[Optional[List[Any]]], int]:

@@ -154,3 +154,12 @@ def test_forward_inside_reverse():
     assert adcore.grad(lambda x: derivative(adcore.sin)(x))(0.3) == pytest.approx(
         -math.sin(0.3), rel=1e-15)
     assert adcore.grad(lambda x: adcore.jvp(lambda y: y * y * x, (2.0,), (1.0,))[1])(3.0) == 4.0
+
+
+def test_comparisons_inside_forward_mode_are_recorded_by_an_outer_tape():
+    # a derivative taken inside a recording: the branch it takes is checked on replay
+    g = lambda x: x ** 3 if x > 0 else adcore.sin(x)  # noqa: E731
+    tape = adcore.record(lambda x: adcore.derivative(g)(x), 1.0)
+    assert tape(2.0) == 12.0
+    with pytest.raises(adcore.BranchChangedError):
+        tape(-1.0)
