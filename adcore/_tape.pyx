@@ -662,8 +662,11 @@ cdef class Tape:
 
     cdef int _forward(self, double* w, dict wa, dict bufs=None) except -1:
         """Replay every instruction into w / wa (inputs already set)."""
-        cdef Py_ssize_t lo = 0, bad, s
-        for s in self.array_slots + [self.n]:
+        cdef Py_ssize_t lo = 0, bad, s, k
+        cdef list slots = self.array_slots
+        cdef Py_ssize_t m = len(slots)
+        for k in range(m + 1):
+            s = slots[k] if k < m else self.n
             with nogil:
                 bad = forward_scalars(self.ins, self.val, w, lo, s)
             if bad >= 0:
@@ -727,7 +730,8 @@ cdef class Tape:
                     if ga is None:
                         # adjoints keep the dtype of their value
                         ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
-                        ga.fill(0)
+                        # C-contiguous by construction: zero it in place
+                        memset(_ptr(ga), 0, ga.nbytes)
                     if ga.dtype is not rt or not ga.flags.c_contiguous:
                         # an operand of the other dtype: accumulate apart, add after
                         tmp = np.zeros(out.shape, rt)
