@@ -187,12 +187,13 @@ def test_a_primitive_with_wrong_tangent_shapes_is_reported():
 def test_zero_tangents_and_partials_in_every_block_kind():
     # blocks whose partials are all finite and non-zero take a loop without selects;
     # the others keep "a zero tangent or partial contributes exactly 0"
-    n = 1500  # three blocks of up to 512 elements
-    v = np.linspace(0.5, 2.0, n)
-    t = np.zeros((2, n))
+    n = 1500  # three blocks of up to 512 elements; k = 5 directions (the plain loop
+    v = np.linspace(0.5, 2.0, n)  # is taken from 4 directions on)
+    t = np.zeros((5, n))
     t[0, ::7] = np.inf
     t[1, ::5] = np.nan
     t[0, 1::7] = -3.0
+    t[3] = np.linspace(-1.0, 1.0, n)
     x = DualArray(v, t)
     y = x * -2.0  # plain blocks: -2 * t, and +0.0 (never -0.0) for zero tangents
     np.testing.assert_array_equal(y.tangents, -2.0 * t)
@@ -206,6 +207,11 @@ def test_zero_tangents_and_partials_in_every_block_kind():
     np.testing.assert_array_equal(z.tangents, want)
     assert not np.signbit(z.tangents[z.tangents == 0.0]).any()
     # an infinite partial (sqrt at 0) meets zero tangents in one block, finite elsewhere
-    w = DualArray(np.where(np.arange(n) == 900, 0.0, v), np.ones((1, n)) * (np.arange(n) != 900))
-    s = adcore.sqrt(w)
-    assert s.tangents[0, 900] == 0.0 and np.isfinite(s.tangents).all()
+    for k in (1, 5):
+        w = DualArray(np.where(np.arange(n) == 900, 0.0, v),
+                      np.ones((k, n)) * (np.arange(n) != 900))
+        s = adcore.sqrt(w)
+        assert (s.tangents[:, 900] == 0.0).all() and np.isfinite(s.tangents).all()
+    # and the small-k path gives the same numbers as the plain one
+    np.testing.assert_array_equal((DualArray(v, t[:2]) * -2.0).tangents,
+                                  y.tangents[:2])
