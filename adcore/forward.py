@@ -100,10 +100,24 @@ def _zero_like(y: Any) -> Any:
     return np.zeros(value.shape, dtype=value.dtype if value.dtype == np.float32 else np.float64)
 
 
+def _check_numeric_output(y: Any) -> None:
+    """A constant output must still be a number: a str or an object is no value to
+    differentiate (reverse mode refuses it too), never a derivative 0."""
+    if isinstance(y, (bool, int, float, np.integer, np.floating, np.bool_)):
+        return
+    if isinstance(y, np.ndarray) and y.dtype.kind in "biuf":
+        return
+    kind = type(y).__name__ if not isinstance(y, np.ndarray) else f"array of dtype {y.dtype}"
+    raise TypeError(f"the function returned a {kind}, not a number or a numeric array: "
+                    f"forward mode differentiates numbers only")
+
+
 def _split(y: Any, tag: int, k: int) -> Tuple[Any, List[Any]]:
     """The value of output leaf y and its k tangents with respect to differentiation tag."""
     _check_alive(y, tag)
     ytag = getattr(y, "_ad_tag", None)
+    if ytag is None:
+        _check_numeric_output(y)
     if ytag is None or ytag < tag:
         return y, [_zero_like(y)] * k
     if ytag > tag:
