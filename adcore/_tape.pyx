@@ -1395,9 +1395,18 @@ cdef class TapeArray:
 
     def __array__(self, dtype=None, copy=None):
         if self.tape.recording:
-            raise TypeError("a recorded array cannot become a numpy array while recording "
-                            "(its derivative would be lost): use adcore functions and "
-                            "operators on it, or .value for its (constant) value")
+            # numpy code that calls np.asarray(x) first (scipy.optimize.rosen) still
+            # differentiates: an object array of the recorded elements (slow but exact,
+            # as a DualArray does); a float array would drop the derivative
+            if dtype is not None and np.dtype(dtype) != np.dtype(object):
+                raise TypeError("a recorded array cannot become a numpy array of "
+                                f"{np.dtype(dtype)} while recording (its derivative would be "
+                                "lost): use adcore functions and operators on it, or .value "
+                                "for its (constant) value")
+            out = np.empty(self.shape, dtype=object)
+            for index in np.ndindex(*self.shape):
+                out[index] = self[index]
+            return out
         return np.asarray(self.value, dtype=dtype)
 
     cdef _read_all(self):
