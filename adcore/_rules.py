@@ -155,5 +155,20 @@ RULES: Tuple[Rule, ...] = (
     Rule("logz", 1, "(0.0 if x == 0.0 else log(x))", ("1.0 / x",), POS, public=False),
 )
 
+# numpy ufuncs that are one rule of the table (numpy's protocols and Vector use it)
+NUMPY_UFUNCS = {
+    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
+    "true_divide": "div", "negative": "neg", "power": "pow", "float_power": "pow",
+    "absolute": "abs", "fabs": "abs", "sqrt": "sqrt", "cbrt": "cbrt", "exp": "exp",
+    "exp2": "exp2", "expm1": "expm1", "log": "log", "log2": "log2", "log10": "log10",
+    "log1p": "log1p", "sin": "sin", "cos": "cos", "tan": "tan", "arcsin": "asin",
+    "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "hypot": "hypot",
+    "sinh": "sinh", "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh",
+    "arccosh": "acosh", "arctanh": "atanh", "minimum": "minimum", "maximum": "maximum",
+    "floor": "floor", "ceil": "ceil", "rint": "round", "sign": "sign",
+    "less": "less", "less_equal": "less_equal", "greater": "greater",
+    "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
+}
+
 OPCODES = {rule.name: i for i, rule in enumerate(RULES)}
 BY_NAME = {rule.name: rule for rule in RULES}

@@ -25,23 +25,13 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import numpy as np
 
 from . import array_ops
-from ._rules import OPCODES
+from ._rules import NUMPY_UFUNCS, OPCODES
 from .dispatch import apply, is_active
 
 __all__ = ["array_ufunc", "array_function", "SUPPORTED_UFUNCS", "SUPPORTED_FUNCTIONS"]
 
-# ufuncs that are one rule of the table
-_RULE_OF_UFUNC = {
-    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
-    "true_divide": "div", "negative": "neg", "power": "pow", "float_power": "pow",
-    "absolute": "abs", "fabs": "abs", "sqrt": "sqrt", "cbrt": "cbrt", "exp": "exp",
-    "exp2": "exp2", "expm1": "expm1", "log": "log", "log2": "log2", "log10": "log10",
-    "log1p": "log1p", "sin": "sin", "cos": "cos", "tan": "tan", "arcsin": "asin",
-    "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "hypot": "hypot",
-    "sinh": "sinh", "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh",
-    "arccosh": "acosh", "arctanh": "atanh", "minimum": "minimum", "maximum": "maximum",
-    "floor": "floor", "ceil": "ceil", "rint": "round", "sign": "sign",
-}
+# ufuncs that are one rule of the table (comparisons are handled before, by _COMPARE)
+_RULE_OF_UFUNC = NUMPY_UFUNCS
 
 # comparisons go through the operators of the active operand, so each type keeps
 # its own semantics (a tape records the outcome for its replay checks)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 import numpy as np
 
 from . import dispatch
-from ._rules import BY_NAME, OPCODES
+from ._rules import BY_NAME, NUMPY_UFUNCS, OPCODES
 from .coords import CoordinateSet
 from .errors import CoordinateError
 
@@ -474,19 +474,7 @@ def _sum(d: Any, n: int) -> Any:
 
 
 # numpy ufuncs that are rule-table functions
-_UFUNC_RULES = {
-    "add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div",
-    "divide": "div", "negative": "neg", "power": "pow", "absolute": "abs",
-    "fabs": "abs", "sqrt": "sqrt", "cbrt": "cbrt", "exp": "exp", "exp2": "exp2",
-    "expm1": "expm1", "log": "log", "log2": "log2", "log10": "log10", "log1p": "log1p",
-    "sin": "sin", "cos": "cos", "tan": "tan", "arcsin": "asin", "arccos": "acos",
-    "arctan": "atan", "arctan2": "atan2", "hypot": "hypot", "sinh": "sinh",
-    "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh",
-    "arctanh": "atanh", "maximum": "maximum", "minimum": "minimum", "floor": "floor",
-    "ceil": "ceil", "rint": "round", "sign": "sign", "less": "less",
-    "less_equal": "less_equal", "greater": "greater", "greater_equal": "greater_equal",
-    "equal": "equal", "not_equal": "not_equal",
-}
+_UFUNC_RULES = NUMPY_UFUNCS
 
 
 def elementwise(fn: Union[str, Callable[..., Any]], *args: Any) -> Vector:
