@@ -518,13 +518,14 @@ def matmul(a: Any, b: Any) -> Any:
 
 # ---------------------------------------------------------------- joining
 
-def _join_axis(axis: Any, ndim: int, name: str) -> int:
+def single_axis(axis: Any, ndim: int, name: str) -> int:
+    """One axis (an int, negative counts from the end) of an array of ``ndim`` dimensions."""
     try:
         axis = operator.index(axis)
     except TypeError:
         raise TypeError(f"{name}: axis must be an int, got {axis!r}") from None
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: axis {axis} is out of bounds for a result of "
+        raise ValueError(f"{name}: axis {axis} is out of bounds for an array of "
                          f"dimension {ndim}")
     return axis % ndim
 
@@ -539,14 +540,14 @@ class Concatenate(Primitive):
 
     def jvp(self, xs, dxs, out, *, axis=0):
         k, dtype = _k_and_dtype(dxs)
-        ax = _join_axis(axis, _ndim(out), "concatenate")
+        ax = single_axis(axis, _ndim(out), "concatenate")
         parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
         return _concatenate(*parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
         g = cotangent(g, out)
         g = np.asarray(g)
-        ax = _join_axis(axis, g.ndim, "concatenate")
+        ax = single_axis(axis, g.ndim, "concatenate")
         bounds = np.cumsum([_shape(x)[ax] for x in xs])[:-1]
         pieces = np.split(g, bounds, axis=ax)
         return tuple(_fresh(p) if need else None for p, need in zip(pieces, needs))
@@ -562,14 +563,14 @@ class Stack(Primitive):
 
     def jvp(self, xs, dxs, out, *, axis=0):
         k, dtype = _k_and_dtype(dxs)
-        ax = _join_axis(axis, _ndim(out), "stack")
+        ax = single_axis(axis, _ndim(out), "stack")
         parts = [d if d is not None else _zeros_tangent(k, x, dtype) for x, d in zip(xs, dxs)]
         return _stack(*parts, axis=ax + 1)
 
     def vjp(self, g, xs, out, needs, *, axis=0):
         g = cotangent(g, out)
         g = np.asarray(g)
-        ax = _join_axis(axis, g.ndim, "stack")
+        ax = single_axis(axis, g.ndim, "stack")
         return tuple(_fresh(np.take(g, i, axis=ax)) if need else None
                      for i, need in enumerate(needs))
 

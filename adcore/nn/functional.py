@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _dual
+from ..array_ops import single_axis as _axis
 from ..array_ops import (_broadcast_to, _concatenate, _getitem, _matmul, _mean, _primal,
                          _reshape, _shape, _sum, _transpose, cotangent, sum_to_shape)
 from ..primitives import Primitive
@@ -30,15 +31,6 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linea
            "pair"]
 
 
-def _axis(axis: Any, ndim: int, name: str) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{name}: axis must be an int, got {axis!r}") from None
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: axis {axis} is out of bounds for an input of "
-                         f"dimension {ndim}")
-    return axis % ndim
 
 
 def _float(x: Any) -> np.ndarray:
