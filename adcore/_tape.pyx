@@ -954,6 +954,7 @@ cdef class Tape:
         cdef Replay rp
         try:
             rp = self.pool.pop()     # atomic: threads never share a workspace
+            rp.tape = self
         except IndexError:
             rp = self._new_replay()
             rp.bufs = {}
@@ -964,6 +965,7 @@ cdef class Tape:
     def _release(self, Replay rp):
         """Give a workspace from _replay_pooled back (a few are kept)."""
         if rp.tape is self and rp.bufs is not None and len(self.pool) < 2:
+            rp.tape = None           # a pooled workspace must not keep its tape alive
             self.pool.append(rp)
 
     cdef int _fill_replay(self, Replay rp, values) except -1:

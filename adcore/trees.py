@@ -70,32 +70,36 @@ def _is_namedtuple(x: Any) -> bool:
 def flatten(tree: Any) -> Tuple[List[Any], TreeDef]:
     """The leaves of ``tree`` in order, and its structure."""
     leaves: List[Any] = []
-
-    def walk(node: Any) -> TreeDef:
-        if node is None:
-            return TreeDef("none")
-        custom = _NODES.get(type(node))
-        if custom is not None:
-            children, aux = custom[0](node)
-            return TreeDef("custom", (type(node), aux), tuple(walk(c) for c in children))
-        if isinstance(node, dict):
-            keys = tuple(node.keys())
-            return TreeDef("dict", keys, tuple(walk(node[k]) for k in keys))
-        if _is_namedtuple(node):
-            return TreeDef("namedtuple", (type(node), node._fields), tuple(walk(v) for v in node))
-        if isinstance(node, tuple):
-            return TreeDef("tuple", None, tuple(walk(v) for v in node))
-        if isinstance(node, list):
-            return TreeDef("list", None, tuple(walk(v) for v in node))
-        if dataclasses.is_dataclass(node) and not isinstance(node, type):
-            names = tuple(f.name for f in dataclasses.fields(node))
-            return TreeDef("dataclass", (type(node), names),
-                           tuple(walk(getattr(node, n)) for n in names))
-        leaves.append(node)
-        return TreeDef("leaf")
-
-    treedef = walk(tree)
+    treedef = _walk(tree, leaves)
     return leaves, treedef
+
+
+# The recursions are module functions with explicit state, not closures: a
+# recursive closure refers to itself through its cell, a reference cycle that
+# would keep the leaves (and a recorded tape behind them) alive until gc runs.
+def _walk(node: Any, leaves: List[Any]) -> TreeDef:
+    if node is None:
+        return TreeDef("none")
+    custom = _NODES.get(type(node))
+    if custom is not None:
+        children, aux = custom[0](node)
+        return TreeDef("custom", (type(node), aux), tuple(_walk(c, leaves) for c in children))
+    if isinstance(node, dict):
+        keys = tuple(node.keys())
+        return TreeDef("dict", keys, tuple(_walk(node[k], leaves) for k in keys))
+    if _is_namedtuple(node):
+        return TreeDef("namedtuple", (type(node), node._fields),
+                       tuple(_walk(v, leaves) for v in node))
+    if isinstance(node, tuple):
+        return TreeDef("tuple", None, tuple(_walk(v, leaves) for v in node))
+    if isinstance(node, list):
+        return TreeDef("list", None, tuple(_walk(v, leaves) for v in node))
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        names = tuple(f.name for f in dataclasses.fields(node))
+        return TreeDef("dataclass", (type(node), names),
+                       tuple(_walk(getattr(node, n), leaves) for n in names))
+    leaves.append(node)
+    return TreeDef("leaf")
 
 
 def unflatten(treedef: TreeDef, leaves: List[Any]) -> Any:
@@ -104,31 +108,30 @@ def unflatten(treedef: TreeDef, leaves: List[Any]) -> Any:
     if len(leaves) != treedef.num_leaves:
         raise ValueError(f"unflatten: the structure {treedef!r} has {treedef.num_leaves} "
                          f"leaves but {len(leaves)} were given")
-    it = iter(leaves)
+    return _build(treedef, iter(leaves))
 
-    def build(td: TreeDef) -> Any:
-        if td.kind == "leaf":
-            return next(it)
-        if td.kind == "none":
-            return None
-        items = [build(c) for c in td.children]
-        if td.kind == "custom":
-            return _NODES[td.meta[0]][1](td.meta[1], items)
-        if td.kind == "dict":
-            return dict(zip(td.meta, items))
-        if td.kind == "list":
-            return items
-        if td.kind == "tuple":
-            return tuple(items)
-        if td.kind == "namedtuple":
-            return td.meta[0](*items)
-        cls, names = td.meta
-        obj = cls.__new__(cls)
-        for name, value in zip(names, items):
-            object.__setattr__(obj, name, value)  # works for frozen dataclasses too
-        return obj
 
-    return build(treedef)
+def _build(td: TreeDef, it: Any) -> Any:
+    if td.kind == "leaf":
+        return next(it)
+    if td.kind == "none":
+        return None
+    items = [_build(c, it) for c in td.children]
+    if td.kind == "custom":
+        return _NODES[td.meta[0]][1](td.meta[1], items)
+    if td.kind == "dict":
+        return dict(zip(td.meta, items))
+    if td.kind == "list":
+        return items
+    if td.kind == "tuple":
+        return tuple(items)
+    if td.kind == "namedtuple":
+        return td.meta[0](*items)
+    cls, names = td.meta
+    obj = cls.__new__(cls)
+    for name, value in zip(names, items):
+        object.__setattr__(obj, name, value)  # works for frozen dataclasses too
+    return obj
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -146,29 +149,29 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 def leaf_paths(tree: Any) -> List[Tuple[Any, ...]]:
     """The path (keys / indices / field names) to each leaf, in flatten order."""
     paths: List[Tuple[Any, ...]] = []
-
-    def walk(node: Any, path: Tuple[Any, ...]) -> None:
-        if node is None:
-            return
-        custom = _NODES.get(type(node))
-        if custom is not None:
-            for i, child in enumerate(custom[0](node)[0]):
-                walk(child, path + (i,))
-            return
-        if isinstance(node, dict):
-            for k in node:
-                walk(node[k], path + (k,))
-        elif _is_namedtuple(node):
-            for name, v in zip(node._fields, node):
-                walk(v, path + (name,))
-        elif isinstance(node, (tuple, list)):
-            for i, v in enumerate(node):
-                walk(v, path + (i,))
-        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
-            for f in dataclasses.fields(node):
-                walk(getattr(node, f.name), path + (f.name,))
-        else:
-            paths.append(path)
-
-    walk(tree, ())
+    _paths(tree, (), paths)
     return paths
+
+
+def _paths(node: Any, path: Tuple[Any, ...], paths: List[Tuple[Any, ...]]) -> None:
+    if node is None:
+        return
+    custom = _NODES.get(type(node))
+    if custom is not None:
+        for i, child in enumerate(custom[0](node)[0]):
+            _paths(child, path + (i,), paths)
+        return
+    if isinstance(node, dict):
+        for k in node:
+            _paths(node[k], path + (k,), paths)
+    elif _is_namedtuple(node):
+        for name, v in zip(node._fields, node):
+            _paths(v, path + (name,), paths)
+    elif isinstance(node, (tuple, list)):
+        for i, v in enumerate(node):
+            _paths(v, path + (i,), paths)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            _paths(getattr(node, f.name), path + (f.name,), paths)
+    else:
+        paths.append(path)
