@@ -1024,6 +1024,19 @@ cdef class Tape:
         """The Jacobian of the outputs at new arguments, by replay."""
         return _reverse_module()._tape_jacobian(self, args)
 
+    # -- batched replay: many points in one call (adcore/batched.py) ---------
+    def map(self, *args, **options):
+        """The function's value at each row of stacked arguments (see adcore.batched)."""
+        return _batched_module().tape_map(self, args, **options)
+
+    def gradient_map(self, *args, **options):
+        """The gradient at each row of stacked arguments (see adcore.batched)."""
+        return _batched_module().tape_gradient_map(self, args, **options)
+
+    def jacobian_map(self, *args, **options):
+        """The Jacobian at each row of stacked arguments (see adcore.batched)."""
+        return _batched_module().tape_jacobian_map(self, args, **options)
+
     def to_bytes(self):
         """The tape in adcore's binary format (see ARCHITECTURE.md, "The tape")."""
         return _dump(self)
@@ -1114,6 +1127,17 @@ cdef object _reverse_module():
         from . import reverse
         _reverse_mod = reverse
     return _reverse_mod
+
+
+cdef object _batched_mod = None
+
+
+cdef object _batched_module():
+    global _batched_mod
+    if _batched_mod is None:
+        from . import batched
+        _batched_mod = batched
+    return _batched_mod
 
 
 @cython.final
@@ -1965,3 +1989,7 @@ def _build(ins, val, meta, blob):
     t.out_tree = out_tree
     t.out_leaves = out_leaves
     return t
+
+
+# Batched replay: many points of one tape in one C call, rows split over threads.
+include "_tape_batch.pxi"
