@@ -41,7 +41,8 @@ class Case:
 
 class Workload:
     def __init__(self, name, issue, title, baseline_label, setup, baseline, check,
-                 impls, target=None, target_max=None, ops=None, unit=None, kind="time"):
+                 impls, target=None, target_max=None, ops=None, unit=None, kind="time",
+                 clock=None):
         self.name, self.issue, self.title = name, issue, title
         self.baseline_label = baseline_label
         self.setup, self.baseline, self.check = setup, baseline, check
@@ -50,6 +51,7 @@ class Workload:
         self.ops = ops                      # operations per call: times are shown per op
         self.unit = unit
         self.kind = kind                    # "time" or "value" (a measured quantity)
+        self.clock = clock                  # "wall" for thread rows (CPU time sums threads)
 
 
 # ----------------------------------------------------------------- helpers
@@ -1029,6 +1031,139 @@ def sgd_jax(ctx):
                 note="jit, " + note)
 
 
+# =================================================================== issue 7
+
+class ThreadPair:
+    """Persistent worker threads, one job each: ``run()`` releases them together and
+    returns when every job has finished (no thread start-up inside the timing)."""
+
+    def __init__(self, jobs):
+        import threading
+
+        self.jobs = jobs
+        self.results = [None] * len(jobs)
+        self.go = threading.Barrier(len(jobs) + 1)
+        self.done = threading.Barrier(len(jobs) + 1)
+        for k in range(len(jobs)):
+            threading.Thread(target=self._loop, args=(k,), daemon=True).start()
+
+    def _loop(self, k):
+        while True:
+            self.go.wait()
+            try:
+                self.results[k] = self.jobs[k]()
+            except BaseException as e:              # re-raised by run() in the caller
+                self.results[k] = e
+            self.done.wait()
+
+    def run(self):
+        self.go.wait()
+        self.done.wait()
+        for r in self.results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(self.results)
+
+
+THREAD_REPEATS = 4          # gradients per thread per call: amortizes the two barrier waits
+
+
+def threads_program_adcore(ctx):
+    adcore, record = adcore_api("record", "sin", "exp")[:2]
+    f, sin, exp = ctx["f"], adcore.sin, adcore.exp
+    fn = lambda x0, x1, x2, x3: f(x0, x1, x2, x3, sin, exp)         # noqa: E731
+    tapes = [record(fn, *P.PROGRAM_INPUTS) for _ in range(2)]       # each thread its own tape
+    X2 = P.PROGRAM_INPUTS2
+
+    def job(tape):
+        def run():
+            for _ in range(THREAD_REPEATS):
+                g = tape.gradient(*X2)
+            return g
+        return run
+
+    pair = ThreadPair([job(t) for t in tapes])
+    serial = [job(t) for t in tapes]
+    return Case(pair.run, probe=pair.run, baseline=lambda: [s() for s in serial],
+                baseline_label="1 thread, serial",
+                note=f"wall clock; 2 threads x {THREAD_REPEATS} tape.gradient each vs the "
+                     f"same {2 * THREAD_REPEATS} calls in one thread; tapes of {len(tapes[0])} "
+                     "instructions; speed-up = 1/ratio")
+
+
+def threads_program_check(ctx, out):
+    for k, g in enumerate(out):
+        close(flat(*g), flat(*ctx["ref2"].g), f"thread {k}: program gradient")
+
+
+# =================================================================== issue 9
+
+BATCH_POINTS = 10_000
+
+
+def batch_rosen_setup():
+    rng = np.random.default_rng(9)
+    x0 = P.rosen_point(ROSEN_N)
+    X = x0 + rng.uniform(-0.05, 0.05, (BATCH_POINTS, ROSEN_N))
+    return {"x": x0, "xs": [float(v) for v in x0], "X": X,
+            "rows": [[float(v) for v in row] for row in X]}
+
+
+def batch_rosen_baseline(ctx):
+    rows, f = ctx["rows"], P.rosen_loop
+    return lambda: [f(r) for r in rows]
+
+
+def batch_rosen_check(ctx, out):
+    rosen_der = scipy_optimize().rosen_der
+    got = np.asarray(out, dtype=np.float64)
+    want = np.array([rosen_der(row) for row in ctx["X"]])
+    close(got, want, f"rosen gradients at {BATCH_POINTS} points", rtol=1e-10)
+
+
+def _rosen_tape(ctx):
+    adcore, record = adcore_api("record")
+    tape = record(P.rosen_loop, ctx["xs"])
+    if not hasattr(tape, "gradient_map"):
+        raise Skip("Tape.gradient_map does not exist yet")
+    return tape
+
+
+def batch_rosen_adcore(threads):
+    def make(ctx):
+        tape = _rosen_tape(ctx)
+        X = ctx["X"]
+        return Case(lambda: tape.gradient_map(X, threads=threads),
+                    note=f"tape.gradient_map(X, threads={threads}), X {X.shape}, "
+                         f"tape of {len(tape)} instructions")
+    return make
+
+
+def batch_rosen_adcore_loop(ctx):
+    tape = _rosen_tape(ctx)
+    rows = ctx["rows"]
+    return Case(lambda: [tape.gradient(r) for r in rows],
+                note="a Python loop of tape.gradient, one call per point")
+
+
+def batch_rosen_jax(ctx):
+    jax = peer("jax")
+    g = jax.jit(jax.vmap(jax.grad(lambda x: P.rosen_loop([x[i] for i in range(x.shape[0])]))))
+    X = jax.numpy.asarray(ctx["X"])
+    note = jit_compiled(g, X)
+    return Case(lambda: jax.block_until_ready(g(X)), note="jit(vmap(grad)), " + note)
+
+
+def batch_threads_adcore(ctx):
+    tape = _rosen_tape(ctx)
+    X = ctx["X"]
+    return Case(lambda: tape.gradient_map(X, threads=2),
+                baseline=lambda: tape.gradient_map(X, threads=1),
+                baseline_label="threads=1",
+                note="wall clock; tape.gradient_map(X, threads=2) vs threads=1, "
+                     f"X {X.shape}; speed-up = 1/ratio")
+
+
 # =================================================================== the registry
 
 def _impls(**kw):
@@ -1039,6 +1174,8 @@ ISSUE2 = "issue 2: forward mode"
 ISSUE3 = "issue 3: reverse mode (the tape)"
 ISSUE4 = "issue 4: Jacobians and second derivatives"
 ISSUE5 = "issue 5: deep learning"
+ISSUE7 = "issue 7"
+ISSUE9 = "issue 9: batched replay"
 
 WORKLOADS = [
     Workload("seed_poly", ISSUE2, "seed polynomial, value + 3 derivatives", "plain floats",
@@ -1136,6 +1273,24 @@ WORKLOADS = [
          "<= 1.05x", 1.05),
         ("sgd_784_b128", "SGD step, 784-256-256-10, batch 128", (784, 256, 256, 10), 128,
          "random", "<= 1.05x", 1.05))
+]
+WORKLOADS += [
+    Workload("threads_program", ISSUE7, "2 threads replaying vs 1, 10,000-op program",
+             "1 thread, serial", program_setup, None, threads_program_check,
+             [("adcore", threads_program_adcore)],
+             target="<= 0.556x (>= 1.8x speed-up)", target_max=1 / 1.8, clock="wall"),
+    Workload("batch_rosen", ISSUE9,
+             f"batched gradient replay, rosen loop n={ROSEN_N}, {BATCH_POINTS:,} points",
+             "plain floats (value)", batch_rosen_setup, batch_rosen_baseline, batch_rosen_check,
+             [("adcore", batch_rosen_adcore(1)),
+              ("tape.gradient loop", batch_rosen_adcore_loop),
+              ("jax jit", batch_rosen_jax)],
+             target="<= 0.5x", target_max=0.5),
+    Workload("batch_threads", ISSUE9,
+             f"batched gradient replay, 2 threads vs 1, rosen loop, {BATCH_POINTS:,} points",
+             "threads=1", batch_rosen_setup, None, batch_rosen_check,
+             [("adcore", batch_threads_adcore)],
+             target="<= 0.556x (>= 1.8x speed-up)", target_max=1 / 1.8, clock="wall"),
 ]
 
 BY_NAME = {w.name: w for w in WORKLOADS}
