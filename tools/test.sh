@@ -93,6 +93,8 @@ mkdir "$WORK/run"
 cp -R "$TESTS" "$WORK/run/tests"
 # The docs beside the tests, for the tests that check the docs against the code.
 if [[ -d "$(dirname "$TESTS")/docs" ]]; then cp -R "$(dirname "$TESTS")/docs" "$WORK/run/docs"; fi
+# The examples too, for the tests that run them at a small size.
+if [[ -d "$(dirname "$TESTS")/examples" ]]; then cp -R "$(dirname "$TESTS")/examples" "$WORK/run/examples"; fi
 cd "$WORK/run"
 # The suite must exercise the installed copy: refuse to run against anything else.
 env ${PYTEST_ENV[@]+"${PYTEST_ENV[@]}"} "$VPY" - "$WORK/venv" <<'PYCHECK'
