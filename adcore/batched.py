@@ -155,9 +155,9 @@ def _match(L: _Leaves, td: TreeDef, x: Any, start: int, argnum: int,
         return ("node", td, [])
     if td.kind == "dict":
         if not isinstance(x, dict) or set(x) != set(td.meta):
-            got = sorted(map(repr, x)) if isinstance(x, dict) else type(x).__name__
+            got = f"keys {list(x)}" if isinstance(x, dict) else f"a {type(x).__name__}"
             raise TypeError(f"{name}: the tape was recorded with a dict with keys "
-                            f"{sorted(map(repr, td.meta))} here, got {got}")
+                            f"{list(td.meta)} here, got {got}")
         items = [x[k] for k in td.meta]
         keys = list(td.meta)
     elif td.kind in ("list", "tuple"):
