@@ -91,12 +91,12 @@ def _run_chunk(data, digest, kind, options, start, *chunks):
 
 def _global_branch_error(err, rows, lo, hi):
     shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
-    msg = (f"the tape's branches differ from the recording at row(s) {shown} of the Dask "
-           f"array ({len(rows)} in its chunk of rows {lo}..{hi - 1}; other chunks are not "
-           f"reported once one fails: use on_branch_change='mask' to get them all); "
-           f"first: {err}")
+    msg = (f"the replay takes another branch than the recording at row(s) {shown} of the "
+           f"Dask array ({len(rows)} in the chunk of rows {lo}..{hi - 1}; other chunks are "
+           f"not reported once one fails: on_branch_change='mask' finds them all). The "
+           f"chunk's report, counting rows from {lo}: {err}")
     new = BranchChangedError(msg)
-    new.rows = rows
+    new.rows = np.asarray(rows, dtype=np.intp)
     return new
 
 
