@@ -422,3 +422,27 @@ def test_module_docstring_examples_run():
     result = doctest.testmod(adcore.batched, optionflags=doctest.NORMALIZE_WHITESPACE,
                              verbose=False)
     assert result.failed == 0 and result.attempted >= 10
+
+
+def _readme_section(title):
+    import importlib.metadata
+    import pathlib
+    beside = pathlib.Path(adcore.__file__).resolve().parent.parent / "README.md"
+    text = beside.read_text(encoding="utf-8") if beside.is_file() else ""
+    if title not in text:
+        meta = importlib.metadata.metadata("adcore")
+        text = meta.get_payload() or meta.get("Description") or ""
+    start = text.index(title)
+    end = text.find("\n## ", start + len(title))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_readme_shows_the_module_examples():
+    import doctest
+    import re
+    blocks = re.findall(r"```pycon\n(.*?)```", _readme_section("## Many points at once"), re.S)
+    assert blocks, "the README section has no pycon block"
+    parser = doctest.DocTestParser()
+    readme = [(e.source, e.want) for e in parser.get_examples("\n".join(blocks))]
+    module = [(e.source, e.want) for e in parser.get_examples(adcore.batched.__doc__)]
+    assert readme == module
