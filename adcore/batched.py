@@ -62,6 +62,9 @@ __all__ = ["map", "gradient_map", "jacobian_map"]
 _VALUES, _GRADIENT, _JACOBIAN = 0, 1, 2
 _MODES = ("raise", "mask")
 _SHOW_ROWS = 10          # offending rows named in a BranchChangedError message
+# instructions replayed per thread before threads=None starts another (~0.3 ms of
+# work; starting a thread costs ~0.1 ms)
+_WORK_PER_THREAD = 100_000
 
 
 # --------------------------------------------------------------------- inputs
@@ -206,9 +209,11 @@ def _inputs(tape, args: Sequence[Any]):
     return L, layouts
 
 
-def _threads(threads: Any, n: int) -> int:
+def _threads(threads: Any, n: int, size: int) -> int:
+    """The thread count: as asked, or one per core for None (fewer when the rows
+    times the tape's size are too little work to be worth starting a thread)."""
     if threads is None:
-        threads = os.cpu_count() or 1
+        threads = min(os.cpu_count() or 1, max(1, n * size // _WORK_PER_THREAD))
     elif isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads must be an int >= 1 or None, got {type(threads).__name__}")
     elif threads < 1:
@@ -431,7 +436,7 @@ def _batched(tape, args, mode: int, threads=None, on_branch_change="raise"):
     opt = _mode(on_branch_change)
     L, layouts = _inputs(tape, args)
     N = L.n
-    nthreads = _threads(threads, N)
+    nthreads = _threads(threads, N, len(tape))
     outs = _out_specs(tape)
     if mode == _GRADIENT:
         if len(outs) != 1:
