@@ -9,6 +9,7 @@ tuples of them.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, List, Sequence, Tuple, Union
 
 import numpy as np
@@ -16,9 +17,20 @@ import numpy as np
 from ._tape import Tape, TapeArray, TapeValue, load_tape
 from .dispatch import is_active
 from .errors import NestingError, TapeError
-from .trees import flatten, leaf_paths, unflatten
+from .trees import TreeDef, flatten, leaf_paths, unflatten
 
 __all__ = ["grad", "value_and_grad", "vjp", "jacrev", "record", "load_tape", "Tape"]
+
+
+_DTYPES: dict = {}
+
+
+def _dtype(dt: str) -> np.dtype:
+    """np.dtype of a recorded dtype string (parsing it costs ~1 us per leaf and call)."""
+    d = _DTYPES.get(dt)
+    if d is None:
+        d = _DTYPES[dt] = np.dtype(dt)
+    return d
 
 
 def _path_name(argnum: int, path: Tuple[Any, ...]) -> str:
@@ -140,8 +152,8 @@ def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
                 leaves.append(0.0 if adj is None else adj[slot])
             else:
                 g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-                leaves.append(np.array(g, dtype=np.dtype(dt)) if copy
-                              else np.asarray(g, dtype=np.dtype(dt)))
+                leaves.append(np.array(g, dtype=_dtype(dt)) if copy
+                              else np.asarray(g, dtype=_dtype(dt)))
         result.append(unflatten(td, leaves))
     return result
 
@@ -339,12 +351,23 @@ def record(f: Callable, *example_args: Any) -> Tape:
 
 # --- replaying a recorded tape (Tape.__call__, .gradient, .jacobian) -------------
 
+def _gather(slots: List[int]) -> Callable[[Any], tuple]:
+    """adj -> the tuple of adjoints at slots, one C-level loop (itemgetter) rather than
+    a Python loop of item reads."""
+    if len(slots) == 1:
+        s0 = slots[0]
+        return lambda adj: (adj[s0],)
+    if not slots:
+        return lambda adj: ()
+    return operator.itemgetter(*slots)
+
+
 def _plan(tape: Tape):
     """The quick replay layout (cached on the tape): per positional argument,
-    ("leaf", spec) for one leaf, ("seq", list|tuple, specs) for a list/tuple of
-    scalars, or ("tree", treedef, specs) for any other structure (one flatten and one
-    structure comparison, then the leaves as quickly as single leaves); None when the
-    tape has no recorded structure."""
+    ("leaf", spec) for one leaf, ("seq", list|tuple, specs, gather) for a list/tuple
+    of scalars (gather reads their adjoints), or ("tree", treedef, specs) for any
+    other structure (matched against the recorded structure while its leaves are
+    collected); None when the tape has no recorded structure."""
     if tape.flat_args is None:
         td = tape.in_tree
         if td is None:
@@ -359,11 +382,61 @@ def _plan(tape: Tape):
                 plan.append(("leaf", specs[0]))
             elif (c.kind in ("list", "tuple") and all(g.kind == "leaf" for g in c.children)
                   and all(sp[1] is None for sp in specs)):
-                plan.append(("seq", list if c.kind == "list" else tuple, specs))
+                plan.append(("seq", list if c.kind == "list" else tuple, specs,
+                             _gather([sp[0] for sp in specs])))
             else:
                 plan.append(("tree", c, specs))
         tape.flat_args = plan
     return tape.flat_args or None
+
+
+def _match(node: Any, td: TreeDef, out: list) -> bool:
+    """Append the leaves of node to out while checking that node has the structure
+    td; False on any difference.  Plain dicts, lists and tuples are walked here (a
+    flatten and a TreeDef comparison cost several us for a model's parameters);
+    other nodes go through flatten."""
+    kind = td.kind
+    if kind == "leaf":
+        out.append(node)          # its type is checked by _quick_leaf
+        return True
+    tn = type(node)
+    if kind == "dict":
+        if tn is not dict or tuple(node) != td.meta:
+            return False
+        for key, c in zip(td.meta, td.children):
+            if not _match(node[key], c, out):
+                return False
+        return True
+    if kind == "list" or kind == "tuple":
+        if tn is not (list if kind == "list" else tuple) or len(node) != len(td.children):
+            return False
+        for v, c in zip(node, td.children):
+            if not _match(v, c, out):
+                return False
+        return True
+    if kind == "none":
+        return node is None
+    leaves, tdn = flatten(node)
+    if tdn != td:
+        return False
+    out.extend(leaves)
+    return True
+
+
+def _rebuild(td: TreeDef, it: Any) -> Any:
+    """unflatten for a structure known to fit (no leaf count), plain nodes inline."""
+    kind = td.kind
+    if kind == "leaf":
+        return next(it)
+    if kind == "dict":
+        return {key: _rebuild(c, it) for key, c in zip(td.meta, td.children)}
+    if kind == "list":
+        return [_rebuild(c, it) for c in td.children]
+    if kind == "tuple":
+        return tuple([_rebuild(c, it) for c in td.children])
+    if kind == "none":
+        return None
+    return unflatten(td, [next(it) for _ in range(td.num_leaves)])
 
 
 def _quick_leaf(a, spec):
@@ -393,8 +466,8 @@ def _quick_inputs(plan, args):
                 return None
             values.append(v)
         elif p[0] == "tree":
-            leaves, td = flatten(a)
-            if td != p[1]:
+            leaves = []
+            if not _match(a, p[1], leaves):
                 return None
             for leaf, spec in zip(leaves, p[2]):
                 v = _quick_leaf(leaf, spec)
@@ -404,6 +477,9 @@ def _quick_inputs(plan, args):
         else:
             if type(a) is not p[1] or len(a) != len(p[2]):
                 return None
+            if list(map(type, a)).count(float) == len(a):
+                values.extend(a)        # all floats: one C-level pass checks them
+                continue
             for v in a:
                 if type(v) is float:
                     values.append(v)
@@ -501,8 +577,9 @@ def _leaf_grad(adj, spec):
     slot, shape, dt = spec
     if shape is None:
         return 0.0 if adj is None else adj[slot]
-    g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-    return np.array(g, dtype=np.dtype(dt), copy=True)
+    if adj is None:
+        return np.zeros(shape, _dtype(dt))
+    return adj.array(slot, shape).astype(_dtype(dt))    # astype copies
 
 
 def _gradient_of(tape: Tape, args, rp) -> Any:
@@ -523,9 +600,10 @@ def _gradient_of(tape: Tape, args, rp) -> Any:
         grads = []
         for p in plan:
             if p[0] == "seq":
-                grads.append(p[1]([0.0 if adj is None else adj[sp[0]] for sp in p[2]]))
+                grads.append(p[1](p[3](adj)) if adj is not None
+                             else p[1]([0.0] * len(p[2])))
             elif p[0] == "tree":
-                grads.append(unflatten(p[1], [_leaf_grad(adj, sp) for sp in p[2]]))
+                grads.append(_rebuild(p[1], iter([_leaf_grad(adj, sp) for sp in p[2]])))
             else:
                 grads.append(_leaf_grad(adj, p[1]))
         return grads[0] if len(grads) == 1 else tuple(grads)
