@@ -420,15 +420,15 @@ def _branch_report(tape, N: int, bad_rows: np.ndarray, first_message: str):
     return err
 
 
-def _finish(tape, N, bad_rows, messages, mode_opt, result, ok_rows_fill):
-    """Raise for offending rows, or return (result, ok) in mask mode."""
+def _finish(tape, N, bad_rows, messages, mode_opt, result):
+    """Raise for offending rows, or return (result, ok) in mask mode (the offending
+    rows of result already hold NaN)."""
     if mode_opt == "raise":
         if len(bad_rows):
             raise _branch_report(tape, N, bad_rows, messages(bad_rows[0]))
         return result
     ok = np.ones(N, bool)
     ok[bad_rows] = False
-    ok_rows_fill(bad_rows)
     return result, ok
 
 
@@ -471,7 +471,7 @@ def _batched(tape, args, mode: int, threads=None, on_branch_change="raise"):
                 cols = [out[:, j * n_in + i].copy() for i in range(n_in)]
                 per_out.append(_per_input(layouts, cols))
             result = unflatten(tape.out_tree, per_out)
-        return _finish(tape, N, bad_rows, message, opt, result, lambda rows: None)
+        return _finish(tape, N, bad_rows, message, opt, result)
 
     # row by row: stacked result blocks, filled per row, NaN where a row failed
     if mode == _VALUES:
@@ -494,8 +494,7 @@ def _batched(tape, args, mode: int, threads=None, on_branch_change="raise"):
         result = _grad_result(tape, layouts, L, blocks, None)
     else:
         result = unflatten(tape.out_tree, [_per_input(layouts, bs) for bs in blocks])
-    return _finish(tape, N, bad_rows, lambda row: failed[int(row)], opt, result,
-                   lambda rows: None)
+    return _finish(tape, N, bad_rows, lambda row: failed[int(row)], opt, result)
 
 
 def _per_input(layouts, leaf_results):
