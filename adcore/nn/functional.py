@@ -33,8 +33,13 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse", "linea
 
 
 
+_F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _float(x: Any) -> np.ndarray:
     """x as a floating array (integers become float64; float32 stays float32)."""
+    if type(x) is np.ndarray and x.dtype in _F32_F64:
+        return x                  # the usual case, without issubdtype's ~1 us
     x = np.asarray(x)
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
@@ -157,18 +162,20 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
 # ---------------------------------------------------------------- losses
 
 def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
-    y = np.asarray(labels)
+    y = labels if type(labels) is np.ndarray else np.asarray(labels)
     if y.shape != (n,):
         raise ValueError(f"cross_entropy: labels must have shape ({n},) to match the "
                          f"logits, got {y.shape}")
-    if y.dtype.kind not in "iu":
+    kind = y.dtype.kind
+    if kind != "i" and kind != "u":
         # a tape may hand integer labels back as floats: accept exact integers only
-        yi = y.astype(np.intp) if y.dtype.kind == "f" else None
-        if yi is None or not np.array_equal(yi, y):
+        # (NaN and inf convert to some integer that differs from them)
+        yi = y.astype(np.intp) if kind == "f" else None
+        if yi is None or not np.logical_and.reduce(yi == y):
             raise ValueError("cross_entropy: labels must be integers (class indices)")
         y = yi
     # one reduction checks both bounds: negative labels wrap to huge unsigned values
-    if y.astype(np.intp, copy=False).view(np.uintp).max() >= classes:
+    if np.maximum.reduce(y.astype(np.intp, copy=False).view(np.uintp)) >= classes:
         raise ValueError(f"cross_entropy: labels must lie in 0..{classes - 1}, got "
                          f"values from {y.min()} to {y.max()}")
     return y
@@ -194,13 +201,14 @@ class CrossEntropy(Primitive):
         n, c = z.shape
         y = _labels(labels, n, c)
         picked = z[np.arange(n), y]
-        m = z.max(axis=1)
-        e = z - m[:, None]
+        # the ufuncs' reduce directly: the array methods add a Python call each
+        m = np.maximum.reduce(z, axis=1)
+        e = np.subtract(z, m[:, None])
         np.exp(e, out=e)
-        loss = np.log(e.sum(axis=1))
+        loss = np.log(np.add.reduce(e, axis=1))
         loss += m
         loss -= picked
-        out = loss.sum() * loss.dtype.type(1.0 / n)
+        out = np.add.reduce(loss) * loss.dtype.type(1.0 / n)
         if not np.isfinite(out):  # inf logits: the careful logsumexp decides inf or nan
             out = (_lse(z, 1, False) - picked).sum() * loss.dtype.type(1.0 / n)
         return out
@@ -226,10 +234,12 @@ class CrossEntropy(Primitive):
         n, c = z.shape
         y = _labels(xs[1], n, c)
         # g * (softmax(z) - onehot(y)) / n, the scale folded into the normalization
-        e = z - z.max(axis=1, keepdims=True)
+        e = np.subtract(z, np.maximum.reduce(z, axis=1)[:, None])
         np.exp(e, out=e)
         scale = np.asarray(g, dtype=e.dtype) * e.dtype.type(1.0 / n)
-        e *= (scale / e.sum(axis=1))[:, None]
+        s = np.add.reduce(e, axis=1)
+        np.divide(scale, s, out=s)
+        e *= s[:, None]
         e[np.arange(n), y] -= scale
         return (e, None)
 
@@ -321,15 +331,16 @@ class Linear(Primitive):
         return _sum_terms(terms, tshape)
 
     def vjp(self, g, xs, out, needs, **params):
-        g = cotangent(g, out)
+        g = np.asarray(cotangent(g, out))
         x, w = np.asarray(xs[0]), np.asarray(xs[1])
-        g = np.asarray(g)
         gx = np.matmul(g, w.T) if needs[0] else None
         gw = gb = None
+        # (..., n) -> (M, n): the batch axes joined, so dw is one BLAS product
+        g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
         if needs[1]:
-            gw = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+            gw = np.matmul((x if x.ndim == 2 else x.reshape(-1, x.shape[-1])).T, g2)
         if len(xs) > 2 and needs[2]:
-            gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
+            gb = np.add.reduce(g2, axis=0)
         return (gx, gw) if len(xs) == 2 else (gx, gw, gb)
 
 

@@ -69,7 +69,7 @@ class _Optimizer:
             if type(p) is not np.ndarray or not p.flags.writeable:
                 raise TypeError(f"{name}.step: parameter leaf {i} must be a writable numpy "
                                 f"array (it is updated in place), got {type(p).__name__}")
-            if np.shape(g) != p.shape:
+            if (g.shape if type(g) is np.ndarray else np.shape(g)) != p.shape:
                 raise ValueError(f"{name}.step: gradient leaf {i} has shape {np.shape(g)} "
                                  f"but the parameter has {p.shape}")
             if shapes is not None and shapes[i] != p.shape:
