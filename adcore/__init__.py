@@ -31,6 +31,7 @@ from .drivers import (chain, compose, hessian, hvp, jacfwd, jacobian, jacrev,
 from . import nn  # adcore.nn: deep-learning operations, layers, optimizers, data
 from . import numpy_api  # numpy's protocols (NEP 13/18) on adcore values
 from . import optimize  # adcore.optimize.scipy_functions: fun/jac/hess/hessp for scipy
+from . import batched  # adcore.batched: a tape at many stacked points (Tape.map, ...)
 
 __version__ = "0.1.0"
 
