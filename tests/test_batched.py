@@ -433,8 +433,10 @@ def _readme_section(title):
         meta = importlib.metadata.metadata("adcore")
         text = meta.get_payload() or meta.get("Description") or ""
     start = text.index(title)
-    end = text.find("\n## ", start + len(title))
-    return text[start:] if end < 0 else text[start:end]
+    # up to the next section or subsection (the Dask subsection has examples of its own)
+    ends = [e for e in (text.find("\n## ", start + len(title)),
+                        text.find("\n### ", start + len(title))) if e >= 0]
+    return text[start:min(ends)] if ends else text[start:]
 
 
 def test_readme_shows_the_module_examples():
