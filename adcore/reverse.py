@@ -131,7 +131,7 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
                 else:
                     info.append((h.slot, h.shape, h.dtype.str))
             groups.append((td, info))
-            new_args[i] = unflatten(td, handles)
+            new_args[i] = _rebuild(td, iter(handles))     # one handle per leaf
         out = f(*new_args)
         extra = out_fn(tape, out) if out_fn is not None else None
     finally:
@@ -154,7 +154,7 @@ def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
                 g = np.zeros(shape) if adj is None else adj.array(slot, shape)
                 leaves.append(np.array(g, dtype=_dtype(dt)) if copy
                               else np.asarray(g, dtype=_dtype(dt)))
-        result.append(unflatten(td, leaves))
+        result.append(_rebuild(td, iter(leaves)))
     return result
 
 

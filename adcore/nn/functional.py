@@ -170,7 +170,10 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
     if kind != "i" and kind != "u":
         # a tape may hand integer labels back as floats: accept exact integers only
         # (NaN and inf convert to some integer that differs from them)
-        yi = y.astype(np.intp) if kind == "f" else None
+        yi = None
+        if kind == "f":
+            with np.errstate(invalid="ignore"):     # the cast of NaN/inf warns
+                yi = y.astype(np.intp)
         if yi is None or not np.logical_and.reduce(yi == y):
             raise ValueError("cross_entropy: labels must be integers (class indices)")
         y = yi

@@ -1,0 +1,204 @@
+"""The SGD step's fast paths: a replayed training step (the quick matching of
+parameter trees and lists of floats, the gradients handed back), the
+cross-entropy label checks and the linear layer's reverse rule for every batch
+layout, each against an independent computation (hand-written backprop, the
+recorded-per-call driver, finite differences)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import adcore
+from adcore.nn import functional as F
+from adcore.nn.reference import mlp_loss_and_grads
+from adcore.primitives import REGISTRY
+
+RNG = np.random.default_rng(11)
+
+
+def _mlp(sizes, batch, dtype):
+    model = adcore.nn.MLP(sizes)
+    params = model.init(np.random.default_rng(3), dtype)
+    for p in params:
+        if p:
+            p["b"] = (RNG.standard_normal(p["b"].shape) * 0.1).astype(dtype)
+    x = RNG.standard_normal((batch, sizes[0])).astype(dtype)
+    y = RNG.integers(0, sizes[-1], batch)
+    return model, params, x, y
+
+
+def _assert_tree_close(got, want, rtol, atol):
+    assert type(got) is type(want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for k in want:
+            _assert_tree_close(got[k], want[k], rtol, atol)
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            _assert_tree_close(a, b, rtol, atol)
+    else:
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_replayed_step_matches_hand_written_backprop(dtype, rtol):
+    model, params, x, y = _mlp((5, 7, 6, 3), 9, dtype)
+    loss = lambda p, x, y: F.cross_entropy(model(p, x), y)          # noqa: E731
+    tape = adcore.record(loss, params, x, y)
+    vg = adcore.value_and_grad(loss)
+    for step in range(3):
+        xb = RNG.standard_normal(x.shape).astype(dtype)
+        yb = RNG.integers(0, 3, len(y))
+        g_tape = tape.gradient(params, xb, yb)
+        value, g_vg = vg(params, xb, yb)
+        ref_loss, ref = mlp_loss_and_grads(params, xb, yb)
+        np.testing.assert_allclose(value, ref_loss, rtol=rtol)
+        _assert_tree_close(g_tape[0], ref, rtol, 1e-6 if dtype == np.float32 else 1e-13)
+        _assert_tree_close(g_vg, ref, rtol, 1e-6 if dtype == np.float32 else 1e-13)
+        assert g_tape[2].shape == yb.shape          # the labels' (zero) gradient
+        np.testing.assert_array_equal(g_tape[2], 0.0)
+        adcore.nn.SGD(lr=0.1).step(params, g_tape[0])
+
+
+def test_replayed_gradients_are_the_callers_own_arrays():
+    """The pooled workspace is reused: gradients of one replay are not views of
+    buffers the next replay overwrites."""
+    model, params, x, y = _mlp((4, 5, 3), 6, np.float64)
+    loss = lambda p, x, y: F.cross_entropy(model(p, x), y)          # noqa: E731
+    tape = adcore.record(loss, params, x, y)
+    g1 = tape.gradient(params, x, y)
+    kept = [{k: v.copy() for k, v in p.items()} for p in g1[0]]
+    x2 = RNG.standard_normal(x.shape)
+    g2 = tape.gradient(params, x2, y)
+    for a, b in zip(g1[0], kept):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not np.allclose(g2[0][0]["w"], kept[0]["w"])
+    g2[0][0]["w"][...] = 7.0                        # writable, and nobody else's
+    np.testing.assert_array_equal(tape.gradient(params, x, y)[0][0]["w"], kept[0]["w"])
+
+
+def test_replay_matches_structures_and_names_differences():
+    f = lambda p, x: (p["a"] * x).sum() + p["b"][0] * p["b"][1]["c"]     # noqa: E731
+    p = {"a": np.arange(3.0), "b": [2.0, {"c": 3.0}]}
+    tape = adcore.record(f, p, np.ones(3))
+    g = tape.gradient({"a": np.arange(3.0) + 1, "b": [2.0, {"c": 4.0}]}, np.ones(3) * 2)
+    np.testing.assert_array_equal(g[0]["a"], [2.0, 2.0, 2.0])
+    assert g[0]["b"] == [4.0, {"c": 2.0}]
+    np.testing.assert_array_equal(g[1], [1.0, 2.0, 3.0])
+    # integers and numpy scalars inside the tree are converted, as recorded
+    g = tape.gradient({"a": np.arange(3), "b": [2, {"c": np.float32(3.0)}]}, np.ones(3))
+    np.testing.assert_array_equal(g[0]["a"], [1.0, 1.0, 1.0])
+    assert g[0]["b"] == [3.0, {"c": 2.0}]
+    for bad in ({"b": [2.0, {"c": 3.0}], "a": np.arange(3.0)},     # keys in another order
+                {"a": np.arange(3.0), "b": (2.0, {"c": 3.0})},     # a tuple for a list
+                {"a": np.arange(3.0), "b": [2.0, None]},
+                {"a": np.arange(3.0), "b": [2.0, {"c": 3.0}], "d": 1.0}):
+        with pytest.raises(TypeError, match="recorded with arguments of structure"):
+            tape.gradient(bad, np.ones(3))
+    with pytest.raises(ValueError, match=r"argument 0\['a'\].*shape \(3,\), got \(4,\)"):
+        tape.gradient({"a": np.arange(4.0), "b": [2.0, {"c": 3.0}]}, np.ones(3))
+
+
+def test_replay_of_other_tree_nodes():
+    NT = collections.namedtuple("NT", "u v")
+    tape = adcore.record(lambda q: q.u * q.v[0], NT(2.0, [3.0]))
+    assert tape.gradient(NT(5.0, [7.0])) == NT(7.0, [5.0])
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient((5.0, [7.0]))
+    tape = adcore.record(lambda a, b: a * b[1], 2.0, (None, 3.0))
+    assert tape.gradient(5.0, (None, 7.0)) == (7.0, (None, 5.0))
+
+
+def test_replay_of_a_list_of_floats():
+    tape = adcore.record(lambda xs: xs[0] * xs[1] + xs[2], [1.0, 2.0, 3.0])
+    assert tape.gradient([3.0, 4.0, 5.0]) == [4.0, 3.0, 1.0]
+    # ints, bools and numpy scalars take the checked path, with the same result
+    assert tape.gradient([3, np.float64(4.0), True]) == [4.0, 3.0, 1.0]
+    assert tape([3, 4, 5]) == 17.0
+    with pytest.raises(TypeError, match=r"argument 0\[1\].*str"):
+        tape.gradient([3.0, "a", 1.0])
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient((3.0, 4.0, 5.0))
+    with pytest.raises(TypeError, match="structure"):
+        tape.gradient([3.0, 4.0])
+    const = adcore.record(lambda xs: 2.0, [1.0, 2.0])
+    assert const.gradient([5.0, 6.0]) == [0.0, 0.0]
+    one = adcore.record(lambda xs: xs[0] * 3.0, (1.0,))
+    assert one.gradient((2.0,)) == (3.0,)
+
+
+def test_cross_entropy_labels():
+    z = RNG.standard_normal((4, 3))
+    want = F.cross_entropy(z, np.array([0, 2, 1, 2]))
+    for y in (np.array([0.0, 2.0, 1.0, 2.0]), np.array([0, 2, 1, 2], np.uint8),
+              np.array([0, 2, 1, 2], np.int32), [0, 2, 1, 2]):
+        assert F.cross_entropy(z, y) == want
+    ce = REGISTRY["cross_entropy"]
+    g_int = ce.vjp(np.float64(1.0), [z, np.array([0, 2, 1, 2])], want, [True, False])[0]
+    g_float = ce.vjp(np.float64(1.0), [z, np.array([0.0, 2.0, 1.0, 2.0])], want,
+                     [True, False])[0]
+    np.testing.assert_array_equal(g_int, g_float)
+    for bad, what in ((np.array([0.0, 2.0, np.nan, 2.0]), "integers"),
+                      (np.array([0.0, 2.0, np.inf, 2.0]), "integers"),
+                      (np.array([0.0, 2.5, 1.0, 2.0]), "integers"),
+                      (np.array([0, 2, -1, 2]), r"0\.\.2"),
+                      (np.array([0, 3, 1, 2]), r"0\.\.2"),
+                      (np.array([0.0, -1.0, 1.0, 2.0]), r"0\.\.2"),
+                      (np.array(["a", "b", "c", "d"]), "integers")):
+        with pytest.raises(ValueError, match=what):
+            F.cross_entropy(z, bad)
+        with pytest.raises(ValueError, match=what):
+            ce.vjp(np.float64(1.0), [z, bad], want, [True, False])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_value_and_cotangent(dtype):
+    z = (RNG.standard_normal((7, 5)) * 3).astype(dtype)
+    y = RNG.integers(0, 5, 7)
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    loss = F.cross_entropy(z, y)
+    assert np.asarray(loss).dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(7), y])), rtol=tol)
+    g = REGISTRY["cross_entropy"].vjp(dtype(0.5), [z, y], loss, [True, False])[0]
+    assert g.dtype == dtype
+    np.testing.assert_allclose(g, 0.5 * (p - np.eye(5)[y]) / 7, rtol=tol, atol=tol * 1e-2)
+    # inf logits: the careful logsumexp decides
+    zi = z.copy()
+    zi[0, 1] = np.inf
+    with np.errstate(invalid="ignore"):
+        assert not np.isfinite(F.cross_entropy(zi, y))
+
+
+@pytest.mark.parametrize("sx", [(6,), (4, 6), (2, 3, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_cotangents_for_every_batch_layout(sx, dtype):
+    x = RNG.standard_normal(sx).astype(dtype)
+    w = RNG.standard_normal((6, 4)).astype(dtype)
+    b = RNG.standard_normal(4).astype(dtype)
+    lin = REGISTRY["linear"]
+    out = lin.value(x, w, b)
+    assert out.dtype == dtype
+    g = RNG.standard_normal(out.shape).astype(dtype)
+    gx, gw, gb = lin.vjp(g, [x, w, b], out, [True, True, True])
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(gx, g64 @ w.astype(np.float64).T, rtol=tol, atol=tol)
+    rows = zip(x64.reshape(-1, 6), g64.reshape(-1, 4))
+    np.testing.assert_allclose(gw, sum(np.outer(a, c) for a, c in rows), rtol=tol, atol=tol)
+    np.testing.assert_allclose(gb, g64.reshape(-1, 4).sum(axis=0), rtol=tol, atol=tol)
+    assert gx.dtype == gw.dtype == gb.dtype == dtype
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == b.shape
+    # only what is asked for is computed
+    parts = lin.vjp(g, [x, w, b], out, [False, True, False])
+    assert parts[0] is None and parts[2] is None
+    np.testing.assert_array_equal(parts[1], gw)
+    # a float64 cotangent of a float32 output is cast first (BLAS in one dtype)
+    if dtype == np.float32:
+        assert lin.vjp(g64, [x, w, b], out, [True, True, True])[1].dtype == np.float32
