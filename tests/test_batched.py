@@ -86,6 +86,17 @@ def test_threads_give_identical_results():
         assert np.array_equal(t.map(X, threads=k), t.map(X, threads=1))
 
 
+def test_default_threads_follow_the_work():
+    import os
+    assert adcore.batched._threads(None, 10, 50) == 1        # too little to share
+    assert adcore.batched._threads(None, 10**6, 1000) == (os.cpu_count() or 1)
+    assert adcore.batched._threads(None, 1, 10**9) == 1      # at most one per row
+    assert adcore.batched._threads(5, 3, 1) == 3
+    t = adcore.record(rosen_loop, [0.0] * 20)
+    X = RNG.uniform(-2, 2, (3000, 20))       # enough work for every core
+    assert np.array_equal(t.gradient_map(X), t.gradient_map(X, threads=1))
+
+
 def test_module_functions_are_the_methods():
     t = adcore.record(three, 0.5, 1.5, -0.3)
     X = [RNG.uniform(-2, 2, 9) for _ in range(3)]
