@@ -202,3 +202,37 @@ def test_linear_cotangents_for_every_batch_layout(sx, dtype):
     # a float64 cotangent of a float32 output is cast first (BLAS in one dtype)
     if dtype == np.float32:
         assert lin.vjp(g64, [x, w, b], out, [True, True, True])[1].dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (3, 70), (1, 1), (200, 10)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_layouts_agree(shape, dtype, monkeypatch):
+    """Few classes are reduced on the (classes, batch) transpose, many in place: both
+    layouts give the loss and the cotangent to rounding, and equal finite differences."""
+    n, c = shape
+    z = (RNG.standard_normal(shape) * 2).astype(dtype)
+    z[0, 0] = z[0, -1]                           # a tie for the maximum
+    y = RNG.integers(0, c, n)
+    ce = REGISTRY["cross_entropy"]
+    results = []
+    for few in (0, 10 ** 6):                     # always in place / always transposed
+        monkeypatch.setattr(F, "_FEW_CLASSES", few)
+        loss = ce.value(z, y)
+        g = ce.vjp(dtype(1.0), [z, y], loss, [True, False])[0]
+        assert np.asarray(loss).dtype == dtype and g.dtype == dtype and g.shape == shape
+        results.append((loss, g))
+    tol = 2e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=tol)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=tol, atol=tol / n)
+    if dtype == np.float64 and n * c <= 300:
+        for few in (0, 10 ** 6):
+            monkeypatch.setattr(F, "_FEW_CLASSES", few)
+            eps = 1e-6
+            fd = np.zeros(shape)
+            for idx in np.ndindex(shape):
+                zp, zm = z.copy(), z.copy()
+                zp[idx] += eps
+                zm[idx] -= eps
+                fd[idx] = (ce.value(zp, y) - ce.value(zm, y)) / (2 * eps)
+            g = ce.vjp(1.0, [z, y], ce.value(z, y), [True, False])[0]
+            np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)

@@ -192,6 +192,22 @@ def _check_logits(logits: np.ndarray) -> None:
         raise ValueError("cross_entropy: the batch is empty")
 
 
+#: up to this many classes cross_entropy works on the (classes, batch) transpose
+_FEW_CLASSES = 64
+
+
+def _by_class(z: np.ndarray, y: np.ndarray):
+    """(zc, axis, at): the logits laid out for reductions over the classes, the class
+    axis, and the index of each row's labelled entry.  numpy reduces a short inner
+    axis row by row (max over (512, 10) takes 23 us); on the C-contiguous transpose
+    the same reduction is c vectorized passes over the batch (2 us, the copy 2 us).
+    Many classes stay in place (a long sequential sum would lose accuracy)."""
+    rows = np.arange(z.shape[0])
+    if z.shape[1] <= _FEW_CLASSES:
+        return np.ascontiguousarray(z.T), 0, (y, rows)
+    return z, 1, (rows, y)
+
+
 class CrossEntropy(Primitive):
     """mean_i ( logsumexp(logits[i]) - logits[i, labels[i]] )."""
 
@@ -202,14 +218,13 @@ class CrossEntropy(Primitive):
         z = _float(logits)
         _check_logits(z)
         n, c = z.shape
-        y = _labels(labels, n, c)
-        picked = z[np.arange(n), y]
-        # the ufuncs' reduce directly: the array methods add a Python call each
-        m = np.maximum.reduce(z, axis=1)
-        e = np.subtract(z, m[:, None])
+        zc, ax, at = _by_class(z, _labels(labels, n, c))
+        m = np.maximum.reduce(zc, axis=ax)
+        e = np.subtract(zc, m if ax == 0 else m[:, None])
         np.exp(e, out=e)
-        loss = np.log(np.add.reduce(e, axis=1))
+        loss = np.log(np.add.reduce(e, axis=ax))
         loss += m
+        picked = zc[at]
         loss -= picked
         out = np.add.reduce(loss) * loss.dtype.type(1.0 / n)
         if not np.isfinite(out):  # inf logits: the careful logsumexp decides inf or nan
@@ -235,16 +250,17 @@ class CrossEntropy(Primitive):
         g = cotangent(g, out)
         z = _float(xs[0])
         n, c = z.shape
-        y = _labels(xs[1], n, c)
+        zc, ax, at = _by_class(z, _labels(xs[1], n, c))
         # g * (softmax(z) - onehot(y)) / n, the scale folded into the normalization
-        e = np.subtract(z, np.maximum.reduce(z, axis=1)[:, None])
+        m = np.maximum.reduce(zc, axis=ax)
+        e = np.subtract(zc, m if ax == 0 else m[:, None])
         np.exp(e, out=e)
         scale = np.asarray(g, dtype=e.dtype) * e.dtype.type(1.0 / n)
-        s = np.add.reduce(e, axis=1)
+        s = np.add.reduce(e, axis=ax)
         np.divide(scale, s, out=s)
-        e *= s[:, None]
-        e[np.arange(n), y] -= scale
-        return (e, None)
+        e *= s if ax == 0 else s[:, None]
+        e[at] -= scale
+        return (e.T if ax == 0 else e, None)
 
 
 class MSE(Primitive):
