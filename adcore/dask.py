@@ -117,7 +117,7 @@ def _points(X, rows_per_chunk):
         if X.ndim == 0:
             raise ValueError("adcore.dask: the points need a leading axis of rows, got a 0-d "
                              "array")
-        rows = rows_per_chunk or _auto_rows(X.shape[0])
+        rows = int(rows_per_chunk or _auto_rows(X.shape[0]))
         X = da.from_array(X, chunks=(rows,) + X.shape[1:])
     elif X.ndim == 0:
         raise ValueError("adcore.dask: the points need a leading axis of rows, got a 0-d "
@@ -183,11 +183,13 @@ def _batched(kind, tape, Xs, threads, on_branch_change, rows_per_chunk):
     if not Xs:
         raise TypeError(f"adcore.dask.{kind}: give the points, one array per positional "
                         f"argument of the recorded function")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                or threads < 1):
+    if threads is not None and (not isinstance(threads, (int, np.integer))
+                                or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"adcore.dask.{kind}: threads must be None or a positive int, "
                          f"got {threads!r}")
-    if rows_per_chunk is not None and (not isinstance(rows_per_chunk, int) or rows_per_chunk < 1):
+    if rows_per_chunk is not None and (not isinstance(rows_per_chunk, (int, np.integer))
+                                       or isinstance(rows_per_chunk, bool)
+                                       or rows_per_chunk < 1):
         raise ValueError(f"adcore.dask.{kind}: rows_per_chunk must be None or a positive "
                          f"int, got {rows_per_chunk!r}")
     sample = _recorded_sample(tape)
@@ -208,7 +210,7 @@ def _batched(kind, tape, Xs, threads, on_branch_change, rows_per_chunk):
                              f"{s.shape[1:]} (as recorded), the array of points has shape "
                              f"{tuple(X.shape)}")
 
-    options = {"threads": 1 if threads is None else threads,
+    options = {"threads": 1 if threads is None else int(threads),
                "on_branch_change": on_branch_change}
     # the result's structure, shapes and dtypes: one row at the recorded point
     meta_leaves, treedef = flatten(getattr(tape, kind)(*sample, **options))
