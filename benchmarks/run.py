@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""adcore's benchmarks: each workload of issues 2-5 timed in adcore and in the
+"""adcore's benchmarks: each workload of issues 2-5, 7 and 9 timed in adcore and in the
 peer libraries that are installed, as a ratio to a baseline measured in the
 same process (plain Python floats, numpy, scipy's hand-written derivatives, or
 hand-written numpy backprop).

@@ -1,4 +1,4 @@
-"""The workloads of issues 2-5 and the adapters that run them in adcore and in
+"""The workloads of issues 2-5, 7 and 9 and the adapters that run them in adcore and in
 each peer library.
 
 A workload has a baseline (plain Python floats, numpy, scipy's hand-written
