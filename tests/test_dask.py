@@ -1,6 +1,7 @@
 """adcore.dask: batched replay over Dask arrays, on a real local cluster of worker
 processes and on Dask's threaded scheduler; results equal local batched replay."""
 
+import io
 import os
 import pathlib
 import pickle
@@ -74,15 +75,24 @@ def test_map_and_jacobian_map_on_the_cluster_equal_local(client):
         np.testing.assert_array_equal(got, want)
 
 
+def _pickled(value):
+    """The pickle of a graph value; a Tape object inside it fails the test."""
+    class Spy(pickle.Pickler):
+        def persistent_id(self, obj):
+            assert not isinstance(obj, adcore.Tape), "a Tape object is in the graph"
+            return None
+    buf = io.BytesIO()
+    Spy(buf).dump(value)
+    return buf.getvalue()
+
+
 def test_tape_travels_as_bytes_once_per_worker(client):
     tape, X = _tape(), _points(4000, 2)
-    with pytest.raises(Exception):
-        pickle.dumps(tape)                   # so nothing but its bytes can have crossed
     G = addask.gradient_map(tape, X, rows_per_chunk=250)    # 16 chunks, 2 workers
     assert G.numblocks[0] == 16
     data = tape.to_bytes()
     graph = dict(dask.optimize(G)[0].__dask_graph__())
-    holding = [k for k, v in graph.items() if data in pickle.dumps(v)]
+    holding = [k for k, v in graph.items() if data in _pickled(v)]
     assert len(holding) == 1                 # one key holds the bytes, no task embeds them
     np.testing.assert_array_equal(G.compute(), tape.gradient_map(X))
     digest = addask._digest(data)
