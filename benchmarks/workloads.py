@@ -11,6 +11,7 @@ reported as a figure.
 
 import functools
 import math
+import os
 import time
 
 import numpy as np
@@ -1065,6 +1066,15 @@ class ThreadPair:
         return list(self.results)
 
 
+def load_note():
+    """The machine's load when a thread row starts: other jobs' threads take cores
+    that a 2-thread speed-up needs (a load of 1 on 2 cores leaves ~1 core)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.2f} at start"
+    except (AttributeError, OSError):
+        return "load average unknown"
+
+
 THREAD_REPEATS = 8          # gradients per thread per call: amortizes the two barrier waits
 
 
@@ -1088,7 +1098,7 @@ def threads_program_adcore(ctx):
                 baseline_label="1 thread, serial",
                 note=f"wall clock; 2 threads x {THREAD_REPEATS} tape.gradient each vs the "
                      f"same {2 * THREAD_REPEATS} calls in one thread; tapes of {len(tapes[0])} "
-                     "instructions; speed-up = 1/ratio")
+                     f"instructions; speed-up = 1/ratio; {load_note()}")
 
 
 def threads_program_check(ctx, out):
@@ -1164,7 +1174,7 @@ def batch_threads_adcore(ctx):
                 baseline=lambda: tape.gradient_map(X, threads=1),
                 baseline_label="threads=1",
                 note="wall clock; tape.gradient_map(X, threads=2) vs threads=1, "
-                     f"X {X.shape}; speed-up = 1/ratio")
+                     f"X {X.shape}; speed-up = 1/ratio; {load_note()}")
 
 
 # =================================================================== the registry
