@@ -23,6 +23,7 @@ __all__ = ["grad", "value_and_grad", "vjp", "jacrev", "record", "load_tape", "Ta
 
 
 _DTYPES: dict = {}
+_F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _dtype(dt: str) -> np.dtype:
@@ -44,6 +45,8 @@ def _input_leaf(x: Any, name: Any) -> Any:
     names the leaf in error messages."""
     if type(x) is float:
         return x
+    if type(x) is np.ndarray and x.dtype in _F32_F64:
+        return x                  # the usual array, without the checks below
     if isinstance(x, (bool, np.bool_, int, float, np.integer, np.floating)):
         return float(x)
     if isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
