@@ -110,7 +110,25 @@ def _out_leaf(tape: Tape, leaf: Any, what: str):
     raise TypeError(f"{what} is a {type(leaf).__name__}, not a number or array")
 
 
-def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None):
+def _leaves_of(arg: Any, i: int, structs: Any):
+    """flatten(arg), or the structure of the previous call (structs: argnum -> TreeDef,
+    kept by the driver) when arg still has it and its leaves are floats or arrays: the
+    walk then builds no TreeDef."""
+    if structs is not None:
+        last = structs.get(i)
+        if last is not None:
+            leaves: list = []
+            if _match(arg, last, leaves) and all(
+                    type(v) is np.ndarray or type(v) is float for v in leaves):
+                return leaves, last
+    leaves, td = flatten(arg)
+    if structs is not None:
+        structs[i] = td
+    return leaves, td
+
+
+def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None,
+            structs=None):
     """Run f on handles for the arguments in nums; out_fn(tape, out) runs before finishing."""
     if not callable(f):
         raise TypeError(f"expected a function, got {type(f).__name__}")
@@ -123,7 +141,7 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
     try:
         new_args = list(args)
         for i in nums:
-            leaves, td = flatten(args[i])
+            leaves, td = _leaves_of(args[i], i, structs)
             handles = []
             info = []
             for j, leaf in enumerate(leaves):
@@ -208,9 +226,11 @@ def value_and_grad(f: Callable, argnums: Union[int, Sequence[int]] = 0,
     With ``has_aux`` f returns ``(value, aux)`` and g returns ``((value, aux), gradient)``.
     The gradient has the structure of ``args[argnums]`` (a tuple of them for a tuple).
     """
+    structs: dict = {}       # the arguments' structures at the last call
+
     def value_and_grad_f(*args):
         nums = _argnums(argnums, len(args))
-        rec = _record(f, args, nums)
+        rec = _record(f, args, nums, structs=structs)
         out = rec.out
         if has_aux:
             if not isinstance(out, tuple) or len(out) != 2:

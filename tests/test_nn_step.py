@@ -236,3 +236,33 @@ def test_cross_entropy_layouts_agree(shape, dtype, monkeypatch):
                 fd[idx] = (ce.value(zp, y) - ce.value(zm, y)) / (2 * eps)
             g = ce.vjp(1.0, [z, y], ce.value(z, y), [True, False])[0]
             np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_value_and_grad_follows_the_structure_of_each_call():
+    """value_and_grad reuses the previous call's structure only when the arguments
+    still have it: every call returns gradients in the structure it was given."""
+    def f(p):
+        leaves = adcore.trees.flatten(p)[0]
+        return sum((v * v).sum() if hasattr(v, "shape") else v * v for v in leaves)
+
+    vg = adcore.value_and_grad(f)
+    calls = [{"w": np.arange(3.0), "b": 2.0},
+             {"w": np.arange(3.0), "b": 2.0},
+             {"w": np.arange(3.0), "b": {"c": 1.0}},       # a leaf became a node
+             {"w": np.arange(3.0), "b": 2.0},
+             {"b": 2.0, "w": np.arange(3.0)},              # the same keys, another order
+             {"b": 2.0, "w": [np.arange(3.0)]},
+             [np.ones(2), 3.0],
+             np.ones(2),
+             {"w": np.arange(3.0), "b": np.float32(2.0)},  # a numpy scalar leaf
+             {"w": np.arange(3), "b": 2}]                  # integers: promoted
+    for p in calls:
+        value, g = vg(p)
+        want = adcore.trees.tree_map(lambda v: 2.0 * np.asarray(v, dtype=np.float64), p)
+        assert adcore.trees.flatten(g)[1] == adcore.trees.flatten(p)[1]
+        for a, b in zip(adcore.trees.flatten(g)[0], adcore.trees.flatten(want)[0]):
+            np.testing.assert_allclose(a, b)
+    vg({"w": np.arange(3.0), "b": 1.0})
+    with pytest.raises(TypeError, match=r"argument 0\['b'\]: cannot differentiate with "
+                                        r"respect to a str"):
+        vg({"w": np.arange(3.0), "b": "x"})
