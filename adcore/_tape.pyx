@@ -17,7 +17,7 @@ from cpython.exc cimport PyErr_NoMemory
 from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
-from libc.math cimport isnan
+from libc.math cimport isnan, isfinite
 
 import threading
 
@@ -91,6 +91,126 @@ cdef struct EwArgF:
     double* gs
 
 include "_tape_sweeps.pxi"
+
+
+cdef uint64_t MAGNITUDE = 0x7FFFFFFFFFFFFFFFULL
+cdef uint64_t EXPONENT = 0x7FF0000000000000ULL
+
+
+def rows_scaled(object g, object m):
+    """``g @ m`` for float64 matrices when every row of g has at most one non-zero
+    and m is finite: row b is ``g[b, c] * m[c] + 0.0`` (bitwise the product: its
+    other terms are exact zeros, and BLAS sums a zero to +0).  None when a row has
+    two non-zeros (found on the first such row, so a dense g costs little) or m
+    holds inf/nan (the product's 0 * inf is NaN): then the caller multiplies."""
+    cdef const double[:, :] gv = g
+    cdef const double[:, :] mv = m
+    cdef Py_ssize_t R = gv.shape[0], K = gv.shape[1], C = mv.shape[1], b, i, j, c, cnt
+    cdef Py_ssize_t gs0, gs1, ms0, ms1
+    cdef bint dense = False, bad = False
+    cdef double v
+    cdef const double* pg
+    cdef const double* pm
+    cdef const double* row
+    cdef const uint64_t* rb
+    cdef uint64_t acc
+    cdef double* po
+    cdef double* dst
+    if mv.shape[0] != K:
+        raise ValueError(f"rows_scaled: shapes ({R}, {K}) and ({mv.shape[0]}, {C}) "
+                         "do not chain")
+    if K == 0 or R == 0 or C == 0:
+        return None
+    for st in (gv.strides[0], gv.strides[1], mv.strides[0], mv.strides[1]):
+        if st % <Py_ssize_t>sizeof(double):
+            return None
+    # element strides (possibly negative); (i, j) is at base + i * s0 + j * s1
+    gs0 = gv.strides[0] // <Py_ssize_t>sizeof(double)
+    gs1 = gv.strides[1] // <Py_ssize_t>sizeof(double)
+    ms0 = mv.strides[0] // <Py_ssize_t>sizeof(double)
+    ms1 = mv.strides[1] // <Py_ssize_t>sizeof(double)
+    pg = &gv[0, 0]
+    pm = &mv[0, 0]
+    cols = np.empty(R, np.intp)
+    vals = np.empty(R)
+    cdef Py_ssize_t[::1] col = cols
+    cdef double[::1] val = vals
+    with nogil:
+        for b in range(R):
+            row = pg + b * gs0
+            c = -1
+            if gs1 == 1 and b < K:
+                # the identity's rows first: only row[b] may be non-zero (integer
+                # ORs of the magnitude bits, which vectorize; NaN is non-zero)
+                rb = <const uint64_t*>row
+                acc = 0
+                for i in range(b):
+                    acc = acc | (rb[i] & MAGNITUDE)
+                for i in range(b + 1, K):
+                    acc = acc | (rb[i] & MAGNITUDE)
+                if acc == 0:
+                    c = b if row[b] != 0.0 else -1
+                    col[b] = b
+                    val[b] = row[b] if c >= 0 else 0.0
+                    continue
+            cnt = 0
+            for i in range(K):
+                if row[i * gs1] != 0.0:          # NaN counts as non-zero
+                    cnt += 1
+                    if cnt > 1:
+                        break
+                    c = i
+            if cnt > 1:
+                dense = True
+                break
+            col[b] = c if c >= 0 else 0
+            val[b] = row[c * gs1] if c >= 0 else 0.0
+    if dense:
+        return None
+    # inf/nan in m (or an overflowing sum: then the product, conservatively)
+    if not isfinite(float(m.sum())):
+        return None
+    out = np.empty((R, C))
+    po = <double*>_ptr(out)
+    with nogil:
+        for b in range(R):
+            v = val[b]
+            row = pm + col[b] * ms0
+            dst = po + b * C
+            if ms1 == 1:
+                for j in range(C):
+                    dst[j] = v * row[j] + 0.0
+            else:
+                for j in range(C):
+                    dst[j] = v * row[j * ms1] + 0.0
+    return out
+
+
+cdef dict _ones = {}
+
+cdef object _ones_of(Py_ssize_t n):
+    """A read-only float64 array of n ones (the cotangent that reads partials off)."""
+    a = _ones.get(n)
+    if a is None:
+        if len(_ones) > 64:
+            _ones.clear()
+        a = np.ones(n)
+        a.flags.writeable = False
+        _ones[n] = a
+    return a
+
+
+cdef void _acc_rows(double* ga, const double* G, const double* P, Py_ssize_t B,
+                    Py_ssize_t n) noexcept nogil:
+    """ga[b, i] += G[b, i] * P[i] over B rows of n, with ew_reverse's exact zeros: a
+    zero cotangent or a zero partial adds exactly 0 (never 0 * inf)."""
+    cdef Py_ssize_t b, i
+    cdef double g, t
+    for b in range(B):
+        for i in range(n):
+            g = G[b * n + i]
+            t = P[i]
+            ga[b * n + i] += 0.0 if ((g == 0.0) | (t == 0.0)) else g * t
 
 
 cdef void* _ptr(object arr) except NULL:
@@ -805,6 +925,10 @@ cdef class Tape:
                     self._acc_array(ref, ct, aadj, wa, abufs)
         return 0
 
+    cdef inline bint _is_array(self, Py_ssize_t slot):
+        # slot is in range (checked by the caller)
+        return self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR)
+
     cdef inline bint _needs(self, Py_ssize_t slot):
         # constants never need adjoints
         cdef int op = self.ins[slot].op
@@ -916,6 +1040,352 @@ cdef class Tape:
             if np.ndim(g) != 0:
                 raise ValueError(f"cotangent of shape {np.shape(g)} for a scalar output")
             out.adj[slot] += float(g)
+
+    # -- many reverse sweeps at once: a stack of cotangents (Jacobian rows) ---
+    def jacobian_rows(self, out_leaves, in_leaves, _work=None, Py_ssize_t block=1 << 22):
+        """The Jacobian as one float64 (M, N) array: row r belongs to output element
+        r (``out_leaves`` in order, each flattened in C order; a constant output
+        ("c", v) gives a zero row), column c to input element c (``in_leaves``
+        (slot, shape or None, dtype) in order, flattened).
+
+        Rows go through the tape in blocks of up to ``block`` doubles of adjoints:
+        one reverse sweep carries a stack of cotangents, one per row.  Element-wise
+        instructions compute their partials once and multiply the stack by them,
+        primitives take the stack through their ``vjp_rows`` where they have one
+        (else one ``vjp`` per row), scalar stretches run per row in C.  The result
+        equals one ``backward`` per row to rounding; which rows reach which slot is
+        tracked per row, so inf/nan propagate exactly as in one sweep per row."""
+        if self.recording:
+            raise TapeError("the recording has not finished")
+        cdef Replay rp
+        cdef double* w = self.val
+        cdef double* adj = NULL
+        cdef Py_ssize_t N = self.n, M = 0, NC = 0, B, r0, r1, r, b, slot, off, size, col
+        wa = self.avals
+        if _work is not None:
+            rp = <Replay?>_work
+            if rp.tape is not self:
+                raise TapeError("a replay of another tape")
+            w = rp.w
+            wa = rp.wa
+        outs = []
+        for kind, ref in out_leaves:
+            if kind == "c":
+                outs.append((None, (), 1))
+                M += 1
+                continue
+            slot = ref
+            if slot < 0 or slot >= N:
+                raise IndexError(f"output slot {slot} out of range")
+            shape = wa[slot].shape if self._is_array(slot) else None
+            size = 1 if shape is None else wa[slot].size
+            outs.append((slot, shape, size))
+            M += size
+        ins = []
+        for slot, shape, dt in in_leaves:
+            if slot < 0 or slot >= N:
+                raise IndexError(f"input slot {slot} out of range")
+            if shape is None:
+                if self._is_array(slot):
+                    raise TapeError(f"slot {slot} is an array, not a scalar input")
+                ins.append((slot, None, 1))
+                NC += 1
+            else:
+                if not self._is_array(slot) or wa[slot].shape != tuple(shape):
+                    raise TapeError(f"slot {slot} is not an array input of shape "
+                                    f"{tuple(shape)}")
+                ins.append((slot, tuple(shape), wa[slot].size))
+                NC += wa[slot].size
+        J = np.zeros((M, NC))
+        if M == 0 or NC == 0:
+            return J
+        per_row = N
+        for v in wa.values():
+            per_row += v.size
+        B = max(1, min(M, block // max(per_row, 1)))
+        for r0 in range(0, M, B):
+            r1 = min(M, r0 + B)
+            adj = <double*>calloc((r1 - r0) * N, sizeof(double))
+            if adj == NULL:
+                raise MemoryError()
+            try:
+                self._rows_block(w, wa, adj, r0, r1, outs, ins, J)
+            finally:
+                free(adj)
+        return J
+
+    cdef int _rows_block(self, double* w, dict wa, double* adj, Py_ssize_t r0,
+                         Py_ssize_t r1, list outs, list ins, object J) except -1:
+        """Rows r0..r1-1 of jacobian_rows: seed, one stacked sweep, read off."""
+        cdef Py_ssize_t B = r1 - r0, N = self.n, off = 0, r, slot, size, col = 0, b
+        cdef Py_ssize_t lo, hi
+        cdef double[:, ::1] Jv = J
+        aadj = {}
+        areach = {}
+        for slot_o, shape, size in outs:
+            lo = max(r0, off)
+            hi = min(r1, off + size)
+            if slot_o is not None and lo < hi:
+                slot = slot_o
+                if shape is None:
+                    for r in range(lo, hi):
+                        adj[(r - r0) * N + slot] += 1.0
+                else:
+                    ga = self._rows_adj(slot, B, wa, aadj, areach)
+                    # rows of the identity: element r - off for row r (distinct pairs)
+                    ga.reshape(B, size)[np.arange(lo - r0, hi - r0),
+                                        np.arange(lo - off, hi - off)] += 1.0
+                    areach[slot][lo - r0:hi - r0] = True
+            off += size
+        self._reverse_rows(w, wa, adj, B, aadj, areach)
+        for slot, shape, size in ins:
+            if shape is None:
+                for b in range(B):
+                    Jv[r0 + b, col] = adj[b * N + slot]
+            else:
+                ga = aadj.get(slot)
+                if ga is not None:
+                    J[r0:r1, col:col + size] = ga.reshape(B, size)
+            col += size
+        return 0
+
+    cdef object _rows_adj(self, Py_ssize_t slot, Py_ssize_t B, dict wa, dict aadj,
+                          dict areach):
+        """The stacked adjoint (B,) + shape of array slot, zeros when first reached
+        (then no row is marked reached yet), in the dtype of its value."""
+        ga = aadj.get(slot)
+        if ga is None:
+            if self.ins[slot].flags & F_SCALAR:
+                raise AssertionError("array cotangent for a scalar slot")
+            v = wa[slot]
+            ga = aadj[slot] = np.zeros((B,) + v.shape, v.dtype)
+            areach[slot] = np.zeros(B, np.bool_)
+        return ga
+
+    cdef int _reverse_rows(self, double* w, dict wa, double* adj, Py_ssize_t B,
+                           dict aadj, dict areach) except -1:
+        cdef Py_ssize_t hi = self.n, s, b, N = self.n
+        cdef list slots = self.array_slots
+        cdef Py_ssize_t k
+        for k in range(len(slots) - 1, -2, -1):
+            s = slots[k] if k >= 0 else -1
+            if hi > s + 1:
+                with nogil:
+                    for b in range(B):
+                        reverse_scalars(self.ins, w, adj + b * N, s + 1, hi)
+            if s >= 0:
+                self._array_reverse_rows(s, w, wa, adj, B, aadj, areach)
+            hi = s
+        return 0
+
+    cdef int _array_reverse_rows(self, Py_ssize_t s, double* w, dict wa, double* adj,
+                                 Py_ssize_t B, dict aadj, dict areach) except -1:
+        """_array_reverse for a stack of B cotangents (row b's scalar adjoints at
+        adj + b * n); rows[b] says whether one sweep for row b reaches slot s."""
+        cdef EwArg e[3]
+        cdef EwArgF ef[3]
+        cdef int k, op, ar
+        cdef Py_ssize_t n, b, N = self.n, j
+        cdef const double* po
+        cdef const double* pg
+        cdef const float* pof
+        cdef const float* pgf
+        cdef double* pp
+        cdef double* pa
+        po = NULL
+        pof = NULL
+        desc = self.aux[self.ins[s].a0]
+        kind = desc[0]
+        if kind in ("input", "const"):
+            return 0
+        scalar_out = bool(self.ins[s].flags & F_SCALAR)
+        if scalar_out:
+            G = np.empty(B)
+            for b in range(B):
+                G[b] = adj[b * N + s]
+            rows = G != 0.0          # as one sweep: a zero scalar adjoint stops here
+            if not rows.any():
+                return 0
+        else:
+            G = aadj.get(s)
+            if G is None:
+                return 0
+            rows = areach[s]
+        if kind == "bcast":
+            src = desc[1]
+            target = wa[src].shape
+            red = G
+            extra = red.ndim - 1 - len(target)
+            if extra:
+                red = red.sum(axis=tuple(range(1, 1 + extra)))
+            axes = tuple(i + 1 for i, d in enumerate(target) if d == 1 and red.shape[i + 1] != 1)
+            if axes:
+                red = red.sum(axis=axes, keepdims=True)
+            ga = self._rows_adj(src, B, wa, aadj, areach)
+            ga += red
+            np.logical_or(areach[src], rows, out=areach[src])
+        elif kind == "ew":
+            op = desc[1]
+            ar = RULE_ARITY[op]
+            refs = desc[2]
+            keep = []
+            later = []      # (adjoint, block of another dtype to add into it)
+            out = wa[s]
+            n = out.size
+            f32 = out.dtype is _f32
+            rt = _f32 if f32 else _f64
+            for k in range(3):
+                e[k].g = NULL
+                e[k].p = &e[k].c
+                e[k].c = 0.0
+                e[k].st = 0
+            if f32:
+                self._ew_args_f32(refs, ef, w, wa, keep, n)
+            else:
+                self._ew_args(refs, e, w, wa, keep, n)
+            Gc = G if type(G) is np.ndarray and G.dtype is rt and G.flags.c_contiguous \
+                else _contig(G, rt)
+            if Gc.size != B * n:
+                raise TapeError("element-wise cotangent does not fit its result")
+            arrays = []     # (operand, stacked adjoint block of dtype rt)
+            scalars = []    # (operand, scalar slot)
+            for k in range(ar):
+                kind2, ref = refs[k]
+                if kind2 == "a" and self._needs(ref):
+                    ga = self._rows_adj(ref, B, wa, aadj, areach)
+                    np.logical_or(areach[ref], rows, out=areach[ref])
+                    if ga.dtype is not rt or not ga.flags.c_contiguous:
+                        tmp = np.zeros(ga.shape, rt)
+                        later.append((ga, tmp))
+                        ga = tmp
+                    if ga.size != B * n:
+                        raise TapeError("element-wise adjoint does not fit its operand")
+                    arrays.append((k, ga))
+                elif kind2 == "s" and self._needs(ref):
+                    scalars.append((k, <Py_ssize_t>ref))
+            if not f32:
+                od = out if out.dtype is _f64 else _contig(out, np.float64)
+                po = <const double*>_ptr(od)
+            else:
+                pof = <const float*>_ptr(out)
+            if arrays and not f32 and B > 1:
+                # the partials once (a cotangent of ones gives each exactly), then
+                # the stack times them with the kernel's exact zeros
+                parts = []
+                for k, ga in arrays:
+                    p = np.zeros(n)
+                    parts.append(p)
+                    e[k].g = <double*>_ptr(p)
+                ones = _ones_of(n)
+                pg = <const double*>_ptr(ones)
+                with nogil:
+                    ew_reverse(op, e, po, pg, n)
+                pg = <const double*>_ptr(Gc)
+                for j in range(len(arrays)):
+                    k, ga = arrays[j]
+                    e[k].g = NULL
+                    pp = <double*>_ptr(parts[j])
+                    pa = <double*>_ptr(ga)
+                    with nogil:
+                        _acc_rows(pa, pg, pp, B, n)
+                arrays = []
+            # what is left row by row: scalar operands (the kernel sums them), float32
+            if arrays or scalars:
+                for b in range(B):
+                    if not rows[b]:
+                        continue        # a zero cotangent row adds exactly 0
+                    for k, ga in arrays:
+                        if f32:
+                            ef[k].g = (<float*>_ptr(ga)) + b * n
+                        else:
+                            e[k].g = (<double*>_ptr(ga)) + b * n
+                    for k, ref in scalars:
+                        if f32:
+                            ef[k].gs = &adj[b * N + <Py_ssize_t>ref]
+                        else:
+                            e[k].g = &adj[b * N + <Py_ssize_t>ref]
+                    if f32:
+                        pgf = (<const float*>_ptr(Gc)) + b * n
+                        with nogil:
+                            ew_reverse_f32(op, ef, pof, pgf, n)
+                    else:
+                        pg = (<const double*>_ptr(Gc)) + b * n
+                        with nogil:
+                            ew_reverse(op, e, po, pg, n)
+            for ga, tmp in later:
+                ga += tmp
+        else:
+            prim, params, refs = desc[1], dict(desc[2]), desc[3]
+            xs = []
+            needs = []
+            for kind2, ref in refs:
+                if kind2 == "a":
+                    xs.append(wa[ref])
+                elif kind2 == "s":
+                    xs.append(w[<Py_ssize_t>ref])
+                else:
+                    xs.append(ref)
+                needs.append(kind2 != "c" and self._needs(ref))
+            if prim.differentiable is not None:
+                needs = [nd and i in prim.differentiable for i, nd in enumerate(needs)]
+            if not any(needs):
+                return 0
+            if scalar_out:
+                out = w[s]
+                G = np.asarray(G, self._scalar_cotangent(desc, 0.0, wa).dtype)
+            else:
+                out = wa[s]
+            live = np.arange(B) if rows.all() else np.flatnonzero(rows)
+            vjp_rows = getattr(prim, "vjp_rows", None)
+            if vjp_rows is not None:
+                Gl = G if len(live) == B else G[live]
+                cts = vjp_rows(Gl, xs, out, needs, **params)
+                if len(cts) != len(refs):
+                    raise ValueError(f"primitive {prim.name}: vjp_rows returned {len(cts)} "
+                                     f"cotangents for {len(refs)} inputs")
+                for k in range(len(refs)):
+                    if not needs[k] or cts[k] is None:
+                        continue
+                    kind2, ref = refs[k]
+                    ct = np.asarray(cts[k])
+                    if kind2 == "s":
+                        for j in range(len(live)):
+                            adj[<Py_ssize_t>live[j] * N + <Py_ssize_t>ref] += float(np.sum(ct[j]))
+                        continue
+                    if ct.shape != (len(live),) + wa[ref].shape:
+                        raise ValueError(f"primitive {prim.name}: vjp_rows returned a "
+                                         f"cotangent of shape {ct.shape} for {len(live)} rows "
+                                         f"of an input of shape {wa[ref].shape}")
+                    ga = self._rows_adj(ref, B, wa, aadj, areach)
+                    if len(live) == B:
+                        ga += ct
+                    else:
+                        ga[live] += ct
+                    np.logical_or(areach[ref], rows, out=areach[ref])
+            else:
+                for j in range(len(live)):
+                    b = live[j]
+                    gb = self._scalar_cotangent(desc, G[b], wa) if scalar_out else G[b]
+                    cts = prim.vjp(gb, xs, out, needs, **params)
+                    if len(cts) != len(refs):
+                        raise ValueError(f"primitive {prim.name}: vjp returned {len(cts)} "
+                                         f"cotangents for {len(refs)} inputs")
+                    for k in range(len(refs)):
+                        if not needs[k] or cts[k] is None:
+                            continue
+                        kind2, ref = refs[k]
+                        if kind2 == "s":
+                            adj[b * N + <Py_ssize_t>ref] += float(np.sum(cts[k]))
+                            continue
+                        ct = np.asarray(cts[k])
+                        if ct.shape != wa[ref].shape:
+                            raise ValueError(f"primitive {prim.name}: vjp returned a "
+                                             f"cotangent of shape {ct.shape} for an input of "
+                                             f"shape {wa[ref].shape}")
+                        ga = self._rows_adj(ref, B, wa, aadj, areach)
+                        ga[b] += ct
+                        areach[ref][b] = True
+        return 0
 
     def replay(self, values):
         """Re-evaluate at new input leaf values (a list, one per recorded input)."""

@@ -158,6 +158,7 @@ import numpy as np
 
 from . import forward, reverse, trees
 from ._dual import Dual, DualArray
+from ._tape import Tape, TapeArray
 from .nested import NestedDual
 from .coords import CoordinateSet, Named, Range, from_shape
 from .errors import CoordinateError, NestingError
@@ -360,6 +361,26 @@ def _as_buffer(piece: Any) -> Any:
     return _ravel(piece)
 
 
+_LEAF_TYPES = (np.ndarray, DualArray, TapeArray)
+# layouts of single array leaves by (where, shape): the same for every call
+_LEAF_LAYOUTS: Dict[Tuple[str, Tuple[int, ...]], _Layout] = {}
+
+
+def _layout(example: Any, where: str) -> _Layout:
+    """_Layout(example, where), shared for array leaves of one shape (a layout is
+    never changed once made; repeated Jacobians skip rebuilding coordinate sets)."""
+    t = type(example)
+    if t in _LEAF_TYPES and (t is not np.ndarray or example.dtype.kind in "biuf"):
+        key = (where, tuple(example.shape))
+        lay = _LEAF_LAYOUTS.get(key)
+        if lay is None:
+            if len(_LEAF_LAYOUTS) > 256:
+                _LEAF_LAYOUTS.clear()
+            lay = _LEAF_LAYOUTS[key] = _Layout(example, where)
+        return lay
+    return _Layout(example, where)
+
+
 def _stack_scalars(items: List[Any]) -> Any:
     if not any(_is_active(x) for x in items):
         return np.array([float(x) for x in items], dtype=np.float64)
@@ -503,8 +524,9 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
 
 def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray
                     ) -> np.ndarray:
-    """The (m, n) Jacobian by reverse mode: one recording, one sweep per row
-    (reverse.jacrev), with x as n tape scalars or as one recorded array."""
+    """The (m, n) Jacobian by reverse mode: one recording, then all m rows in one
+    reverse sweep carrying a stack of cotangents (``Tape.jacobian_rows``; in blocks
+    when large), with x as n tape scalars or as one recorded array."""
     n = xf.shape[0]
     scalars = _scalar_mode(lin)
 
@@ -518,16 +540,24 @@ def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
                 leaves.append(p)
         return leaves
 
-    blocks = reverse.jacrev(leaves_of)([float(t) for t in xf] if scalars else xf)
-    rows = []
-    for b in blocks:
-        if scalars:  # one entry per input scalar, each of the output leaf's shape
-            rows.append(np.array([np.asarray(e, dtype=np.float64).reshape(-1) for e in b]).T)
+    # one recording (inputs and outputs are flat already: no tree walks)
+    tape = Tape()
+    tape.start()
+    try:
+        if scalars:
+            handles: Any = [tape.input(float(t)) for t in xf]
+            in_leaves = [(h.slot, None, "<f8") for h in handles]
         else:
-            rows.append(np.asarray(b, dtype=np.float64).reshape(-1, n))
-    if not rows:
-        return np.zeros((0, n))
-    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+            handles = tape.input(xf)
+            in_leaves = [(handles.slot, handles.shape, handles.dtype.str)]
+        out_leaves = [reverse._out_leaf(tape, leaf, f"jacobian: output element {i}")
+                      for i, leaf in enumerate(leaves_of(handles))]
+    finally:
+        tape.finish()
+    J = tape.jacobian_rows(out_leaves, in_leaves)
+    if J.shape[1] != n:
+        raise AssertionError(f"jacobian: {J.shape[1]} input columns for {n} coordinates")
+    return J
 
 
 Argnums = Union[int, Tuple[int, ...]]
@@ -565,7 +595,7 @@ def _substituted(args: Sequence[Any], argnums: Argnums, x: Any) -> List[Any]:
 
 def _input_layout(args: Sequence[Any], argnums: Argnums, where: str) -> _Layout:
     _check_argnums(args, argnums, where)
-    return _Layout(_selected(args, argnums), f"{where} (input)")
+    return _layout(_selected(args, argnums), f"{where} (input)")
 
 
 def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
@@ -591,7 +621,7 @@ def _flat_problem(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums,
         """f's output pieces at x rebuilt in its structure (f's other args fixed)."""
         y = f(*_substituted(args, argnums, x_struct))
         if not out_layout:
-            out_layout.append(_Layout(y, f"{where} (output)"))
+            out_layout.append(_layout(y, f"{where} (output)"))
         pieces: List[Any] = out_layout[0].pieces(y)
         return pieces
 
@@ -609,7 +639,7 @@ def _matrix(f: Callable[..., Any], args: Sequence[Any], argnums: Argnums, mode: 
     """The Jacobian Matrix; ``probe`` is f's value at x when already known."""
     lin, xf, g, out_layout = _flat_problem(f, args, argnums, "jacobian", lin)
     if probe is not None:
-        out_layout.append(_Layout(probe, "jacobian (output)"))
+        out_layout.append(_layout(probe, "jacobian (output)"))
     n = lin.size
     if n == 0:
         if not out_layout:
@@ -629,7 +659,7 @@ def value_and_jacobian(f: Callable[..., Any], mode: str = "auto",
     def run(*args: Any) -> Tuple[Any, Matrix]:
         lin = _input_layout(args, argnums, "jacobian")  # validates before f runs
         y = f(*args)
-        m = _Layout(y, "jacobian (output)").size
+        m = _layout(y, "jacobian (output)").size
         return y, _matrix(f, args, argnums, _choose(mode, lin.size, m), m, probe=y, lin=lin)
 
     return run
@@ -655,7 +685,7 @@ def jacobian(f: Callable[..., Any], mode: str = "auto",
         m = out_sizes.get(lin.coords)
         if m is None:
             y = f(*args)
-            m = _Layout(y, "jacobian (output)").size
+            m = _layout(y, "jacobian (output)").size
             J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m, probe=y, lin=lin)
         else:
             J = _matrix(f, args, argnums, _choose("auto", lin.size, m), m, lin=lin)

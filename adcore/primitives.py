@@ -41,6 +41,13 @@ class Primitive:
       is wanted.  Returns a tuple with one cotangent per input (shape of that input)
       or ``None``.
 
+    * ``vjp_rows(G, xs, out, needs, **params)`` (optional): the reverse rule for a
+      stack of cotangents, ``G.shape == (B,) + shape of out``, returning stacked
+      cotangents ``(B,) + shape of input`` (or None).  The tape's batched sweep
+      (``Tape.jacobian_rows``: all rows of a Jacobian in one sweep) uses it when
+      present, else calls ``vjp`` once per row; results must equal ``vjp`` row by
+      row to rounding.
+
     ``params`` are keyword arguments that are not differentiated (axis, shape, ...);
     they must be hashable or numpy arrays of integers (they are saved with tapes).
     """
@@ -55,6 +62,9 @@ class Primitive:
             raise ValueError(f"a primitive named {self.name!r} is already registered")
         REGISTRY[self.name] = self
         return self
+
+    #: the stacked reverse rule (see above); None: the tape calls vjp row by row
+    vjp_rows: Any = None
 
     def value(self, *xs: Any, **params: Any) -> Any:
         raise NotImplementedError
