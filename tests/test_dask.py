@@ -51,6 +51,17 @@ def _vector_tape():
                          np.array([0.3, 0.5, -0.2]))
 
 
+def test_threaded_scheduler_without_a_client():
+    # first in the file: before the cluster fixture makes a distributed Client the default
+    tape, X = _tape(), _points(2500, 6)
+    G = addask.gradient_map(tape, X)         # a numpy array: chunked automatically
+    assert G.numblocks[0] >= 1 and G.chunks[1] == (3,)
+    np.testing.assert_array_equal(G.compute(scheduler="threads"), tape.gradient_map(X))
+    G2 = addask.gradient_map(tape, da.from_array(X, chunks=(100, 1)), threads=2)
+    assert G2.chunks[1] == (3,)              # columns rechunked to one block
+    np.testing.assert_array_equal(G2.compute(scheduler="threads"), tape.gradient_map(X))
+
+
 def test_gradient_map_on_the_cluster_equals_local(client):
     tape, X = _tape(), _points()
     G = addask.gradient_map(tape, da.from_array(X, chunks=(400, 3)))
@@ -145,16 +156,6 @@ def test_branch_change_mask(client):
     assert ok.dtype == bool and list(np.flatnonzero(~ok)) == [5, 610]
     np.testing.assert_array_equal(ok, want_ok)
     np.testing.assert_array_equal(g[ok], want_g[want_ok])
-
-
-def test_threaded_scheduler_without_a_client():
-    tape, X = _tape(), _points(2500, 6)
-    G = addask.gradient_map(tape, X)         # a numpy array: chunked automatically
-    assert G.numblocks[0] >= 1 and G.chunks[1] == (3,)
-    np.testing.assert_array_equal(G.compute(scheduler="threads"), tape.gradient_map(X))
-    G2 = addask.gradient_map(tape, da.from_array(X, chunks=(100, 1)), threads=2)
-    assert G2.chunks[1] == (3,)              # columns rechunked to one block
-    np.testing.assert_array_equal(G2.compute(scheduler="threads"), tape.gradient_map(X))
 
 
 def test_bad_inputs_are_named():
