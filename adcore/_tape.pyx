@@ -200,6 +200,33 @@ cdef object _ones_of(Py_ssize_t n):
     return a
 
 
+cdef void _set_rows(double* ga, const double* G, const double* P, Py_ssize_t B,
+                    Py_ssize_t n) noexcept nogil:
+    """_acc_rows into a new block: ga[b, i] = G[b, i] * P[i] (exact zeros)."""
+    cdef Py_ssize_t b, i
+    cdef double g, t
+    for b in range(B):
+        for i in range(n):
+            g = G[b * n + i]
+            t = P[i]
+            ga[b * n + i] = 0.0 if ((g == 0.0) | (t == 0.0)) else g * t
+
+
+cdef object _mark(dict areach, Py_ssize_t slot, object rows):
+    """Rows (None: all, else a bool array) now reach slot: or-ed into areach[slot]
+    (absent: none yet)."""
+    cur = areach.get(slot, False)
+    if cur is None:
+        return None
+    if rows is None:
+        areach[slot] = None
+    elif cur is False:
+        areach[slot] = rows.copy()
+    else:
+        np.logical_or(cur, rows, out=cur)
+    return None
+
+
 cdef void _acc_rows(double* ga, const double* G, const double* P, Py_ssize_t B,
                     Py_ssize_t n) noexcept nogil:
     """ga[b, i] += G[b, i] * P[i] over B rows of n, with ew_reverse's exact zeros: a
@@ -1050,17 +1077,18 @@ cdef class Tape:
 
         Rows go through the tape in blocks of up to ``block`` doubles of adjoints:
         one reverse sweep carries a stack of cotangents, one per row.  Element-wise
-        instructions compute their partials once and multiply the stack by them,
-        primitives take the stack through their ``vjp_rows`` where they have one
-        (else one ``vjp`` per row), scalar stretches run per row in C.  The result
-        equals one ``backward`` per row to rounding; which rows reach which slot is
-        tracked per row, so inf/nan propagate exactly as in one sweep per row."""
+        instructions compute their partials once and multiply the stack by them
+        (small blocks run the kernel row by row), primitives take the stack through
+        their ``vjp_rows`` where they have one (else one ``vjp`` per row), scalar
+        stretches run per row in C.  The result equals one ``backward`` per row to
+        rounding; which rows reach which slot is tracked, so inf/nan propagate
+        exactly as in one sweep per row."""
         if self.recording:
             raise TapeError("the recording has not finished")
         cdef Replay rp
         cdef double* w = self.val
         cdef double* adj = NULL
-        cdef Py_ssize_t N = self.n, M = 0, NC = 0, B, r0, r1, r, b, slot, off, size, col
+        cdef Py_ssize_t N = self.n, M = 0, NC = 0, B, r0, r1, slot, size
         wa = self.avals
         if _work is not None:
             rp = <Replay?>_work
@@ -1096,30 +1124,36 @@ cdef class Tape:
                                     f"{tuple(shape)}")
                 ins.append((slot, tuple(shape), wa[slot].size))
                 NC += wa[slot].size
-        J = np.zeros((M, NC))
         if M == 0 or NC == 0:
-            return J
+            return np.zeros((M, NC))
         per_row = N
         for v in wa.values():
             per_row += v.size
         B = max(1, min(M, block // max(per_row, 1)))
+        J = None
         for r0 in range(0, M, B):
             r1 = min(M, r0 + B)
             adj = <double*>calloc((r1 - r0) * N, sizeof(double))
             if adj == NULL:
                 raise MemoryError()
             try:
-                self._rows_block(w, wa, adj, r0, r1, outs, ins, J)
+                part = self._rows_block(w, wa, adj, r0, r1, outs, ins, NC)
             finally:
                 free(adj)
+            if r1 - r0 == M:
+                return part
+            if J is None:
+                J = np.empty((M, NC))
+            J[r0:r1] = part
         return J
 
-    cdef int _rows_block(self, double* w, dict wa, double* adj, Py_ssize_t r0,
-                         Py_ssize_t r1, list outs, list ins, object J) except -1:
-        """Rows r0..r1-1 of jacobian_rows: seed, one stacked sweep, read off."""
+    cdef object _rows_block(self, double* w, dict wa, double* adj, Py_ssize_t r0,
+                            Py_ssize_t r1, list outs, list ins, Py_ssize_t NC):
+        """Rows r0..r1-1 of jacobian_rows as a (r1 - r0, NC) array: seed, one stacked
+        sweep, read off."""
         cdef Py_ssize_t B = r1 - r0, N = self.n, off = 0, r, slot, size, col = 0, b
         cdef Py_ssize_t lo, hi
-        cdef double[:, ::1] Jv = J
+        cdef double[:, ::1] Jv
         aadj = {}
         areach = {}
         for slot_o, shape, size in outs:
@@ -1131,35 +1165,48 @@ cdef class Tape:
                     for r in range(lo, hi):
                         adj[(r - r0) * N + slot] += 1.0
                 else:
-                    ga = self._rows_adj(slot, B, wa, aadj, areach)
+                    ga = self._rows_adj(slot, B, wa, aadj, True)
                     # rows of the identity: element r - off for row r (distinct pairs)
                     ga.reshape(B, size)[np.arange(lo - r0, hi - r0),
                                         np.arange(lo - off, hi - off)] += 1.0
-                    areach[slot][lo - r0:hi - r0] = True
+                    if lo - r0 == 0 and hi - r0 == B:
+                        _mark(areach, slot, None)
+                    else:
+                        seeded = np.zeros(B, np.bool_)
+                        seeded[lo - r0:hi - r0] = True
+                        _mark(areach, slot, seeded)
             off += size
         self._reverse_rows(w, wa, adj, B, aadj, areach)
+        if len(ins) == 1 and ins[0][1] is not None:
+            # one array input: its stacked adjoint is the block (ours, handed out)
+            ga = aadj.get(ins[0][0])
+            if ga is None:
+                return np.zeros((B, NC))
+            return np.asarray(ga, np.float64).reshape(B, NC)
+        J = np.zeros((B, NC))
+        Jv = J
         for slot, shape, size in ins:
             if shape is None:
                 for b in range(B):
-                    Jv[r0 + b, col] = adj[b * N + slot]
+                    Jv[b, col] = adj[b * N + slot]
             else:
                 ga = aadj.get(slot)
                 if ga is not None:
-                    J[r0:r1, col:col + size] = ga.reshape(B, size)
+                    J[:, col:col + size] = ga.reshape(B, size)
             col += size
-        return 0
+        return J
 
     cdef object _rows_adj(self, Py_ssize_t slot, Py_ssize_t B, dict wa, dict aadj,
-                          dict areach):
-        """The stacked adjoint (B,) + shape of array slot, zeros when first reached
-        (then no row is marked reached yet), in the dtype of its value."""
+                          bint zero):
+        """The stacked adjoint (B,) + shape of array slot in the dtype of its value;
+        a new one is zeros with ``zero``, else uninitialized (the caller writes every
+        element: see _fresh_adj)."""
         ga = aadj.get(slot)
         if ga is None:
             if self.ins[slot].flags & F_SCALAR:
                 raise AssertionError("array cotangent for a scalar slot")
             v = wa[slot]
-            ga = aadj[slot] = np.zeros((B,) + v.shape, v.dtype)
-            areach[slot] = np.zeros(B, np.bool_)
+            ga = aadj[slot] = (np.zeros if zero else np.empty)((B,) + v.shape, v.dtype)
         return ga
 
     cdef int _reverse_rows(self, double* w, dict wa, double* adj, Py_ssize_t B,
@@ -1181,11 +1228,13 @@ cdef class Tape:
     cdef int _array_reverse_rows(self, Py_ssize_t s, double* w, dict wa, double* adj,
                                  Py_ssize_t B, dict aadj, dict areach) except -1:
         """_array_reverse for a stack of B cotangents (row b's scalar adjoints at
-        adj + b * n); rows[b] says whether one sweep for row b reaches slot s."""
+        adj + b * n).  ``rows`` says which rows' own sweeps reach slot s: None for
+        all, else a bool array; the other rows' cotangents are zero and go nowhere."""
         cdef EwArg e[3]
         cdef EwArgF ef[3]
         cdef int k, op, ar
         cdef Py_ssize_t n, b, N = self.n, j
+        cdef bint fresh
         cdef const double* po
         cdef const double* pg
         cdef const float* pof
@@ -1196,7 +1245,7 @@ cdef class Tape:
         pof = NULL
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
-        if kind in ("input", "const"):
+        if kind == "input" or kind == "const":
             return 0
         scalar_out = bool(self.ins[s].flags & F_SCALAR)
         if scalar_out:
@@ -1204,7 +1253,9 @@ cdef class Tape:
             for b in range(B):
                 G[b] = adj[b * N + s]
             rows = G != 0.0          # as one sweep: a zero scalar adjoint stops here
-            if not rows.any():
+            if rows.all():
+                rows = None
+            elif not rows.any():
                 return 0
         else:
             G = aadj.get(s)
@@ -1221,9 +1272,13 @@ cdef class Tape:
             axes = tuple(i + 1 for i, d in enumerate(target) if d == 1 and red.shape[i + 1] != 1)
             if axes:
                 red = red.sum(axis=axes, keepdims=True)
-            ga = self._rows_adj(src, B, wa, aadj, areach)
-            ga += red
-            np.logical_or(areach[src], rows, out=areach[src])
+            fresh = src not in aadj
+            ga = self._rows_adj(src, B, wa, aadj, False)
+            if fresh:
+                np.copyto(ga, red)
+            else:
+                ga += red
+            _mark(areach, src, rows)
         elif kind == "ew":
             op = desc[1]
             ar = RULE_ARITY[op]
@@ -1247,20 +1302,25 @@ cdef class Tape:
                 else _contig(G, rt)
             if Gc.size != B * n:
                 raise TapeError("element-wise cotangent does not fit its result")
-            arrays = []     # (operand, stacked adjoint block of dtype rt)
+            # the partials once and the stack times them when the block is large;
+            # small blocks (and float32, computed in double per element) row by row
+            once = not f32 and B > 1 and B * n > 2048
+            arrays = []     # (operand, stacked adjoint block of dtype rt, fresh)
             scalars = []    # (operand, scalar slot)
             for k in range(ar):
                 kind2, ref = refs[k]
                 if kind2 == "a" and self._needs(ref):
-                    ga = self._rows_adj(ref, B, wa, aadj, areach)
-                    np.logical_or(areach[ref], rows, out=areach[ref])
+                    fresh = once and ref not in aadj
+                    ga = self._rows_adj(ref, B, wa, aadj, not fresh)
+                    _mark(areach, ref, rows)
                     if ga.dtype is not rt or not ga.flags.c_contiguous:
                         tmp = np.zeros(ga.shape, rt)
                         later.append((ga, tmp))
                         ga = tmp
+                        fresh = False
                     if ga.size != B * n:
                         raise TapeError("element-wise adjoint does not fit its operand")
-                    arrays.append((k, ga))
+                    arrays.append((k, ga, fresh))
                 elif kind2 == "s" and self._needs(ref):
                     scalars.append((k, <Py_ssize_t>ref))
             if not f32:
@@ -1268,11 +1328,10 @@ cdef class Tape:
                 po = <const double*>_ptr(od)
             else:
                 pof = <const float*>_ptr(out)
-            if arrays and not f32 and B > 1:
-                # the partials once (a cotangent of ones gives each exactly), then
-                # the stack times them with the kernel's exact zeros
+            if arrays and once:
+                # a cotangent of ones reads each partial off exactly
                 parts = []
-                for k, ga in arrays:
+                for k, ga, fresh in arrays:
                     p = np.zeros(n)
                     parts.append(p)
                     e[k].g = <double*>_ptr(p)
@@ -1282,19 +1341,23 @@ cdef class Tape:
                     ew_reverse(op, e, po, pg, n)
                 pg = <const double*>_ptr(Gc)
                 for j in range(len(arrays)):
-                    k, ga = arrays[j]
+                    k, ga, fresh = arrays[j]
                     e[k].g = NULL
                     pp = <double*>_ptr(parts[j])
                     pa = <double*>_ptr(ga)
                     with nogil:
-                        _acc_rows(pa, pg, pp, B, n)
+                        if fresh:
+                            _set_rows(pa, pg, pp, B, n)
+                        else:
+                            _acc_rows(pa, pg, pp, B, n)
                 arrays = []
-            # what is left row by row: scalar operands (the kernel sums them), float32
+            # what is left row by row: scalar operands (the kernel sums them), small
+            # blocks, float32
             if arrays or scalars:
                 for b in range(B):
-                    if not rows[b]:
+                    if rows is not None and not rows[b]:
                         continue        # a zero cotangent row adds exactly 0
-                    for k, ga in arrays:
+                    for k, ga, fresh in arrays:
                         if f32:
                             ef[k].g = (<float*>_ptr(ga)) + b * n
                         else:
@@ -1335,11 +1398,10 @@ cdef class Tape:
                 G = np.asarray(G, self._scalar_cotangent(desc, 0.0, wa).dtype)
             else:
                 out = wa[s]
-            live = np.arange(B) if rows.all() else np.flatnonzero(rows)
+            live = np.arange(B) if rows is None else np.flatnonzero(rows)
             vjp_rows = getattr(prim, "vjp_rows", None)
             if vjp_rows is not None:
-                Gl = G if len(live) == B else G[live]
-                cts = vjp_rows(Gl, xs, out, needs, **params)
+                cts = vjp_rows(G if rows is None else G[live], xs, out, needs, **params)
                 if len(cts) != len(refs):
                     raise ValueError(f"primitive {prim.name}: vjp_rows returned {len(cts)} "
                                      f"cotangents for {len(refs)} inputs")
@@ -1356,12 +1418,15 @@ cdef class Tape:
                         raise ValueError(f"primitive {prim.name}: vjp_rows returned a "
                                          f"cotangent of shape {ct.shape} for {len(live)} rows "
                                          f"of an input of shape {wa[ref].shape}")
-                    ga = self._rows_adj(ref, B, wa, aadj, areach)
-                    if len(live) == B:
+                    fresh = rows is None and ref not in aadj
+                    ga = self._rows_adj(ref, B, wa, aadj, not fresh)
+                    if fresh:
+                        np.copyto(ga, ct)
+                    elif rows is None:
                         ga += ct
                     else:
                         ga[live] += ct
-                    np.logical_or(areach[ref], rows, out=areach[ref])
+                    _mark(areach, ref, rows)
             else:
                 for j in range(len(live)):
                     b = live[j]
@@ -1382,9 +1447,11 @@ cdef class Tape:
                             raise ValueError(f"primitive {prim.name}: vjp returned a "
                                              f"cotangent of shape {ct.shape} for an input of "
                                              f"shape {wa[ref].shape}")
-                        ga = self._rows_adj(ref, B, wa, aadj, areach)
+                        ga = self._rows_adj(ref, B, wa, aadj, True)
                         ga[b] += ct
-                        areach[ref][b] = True
+                        one = np.zeros(B, np.bool_)
+                        one[b] = True
+                        _mark(areach, ref, one)
         return 0
 
     def replay(self, values):
