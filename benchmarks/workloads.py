@@ -1067,12 +1067,31 @@ class ThreadPair:
 
 
 def load_note():
-    """The machine's load when a thread row starts: other jobs' threads take cores
-    that a 2-thread speed-up needs (a load of 1 on 2 cores leaves ~1 core)."""
+    """What 2 threads could get when a thread row starts: other jobs take cores that
+    a 2-thread speed-up needs.  The load average, and the speed-up of 2 threads
+    hashing (hashlib releases the GIL: pure C, nothing of adcore) over one."""
+    import hashlib
+
+    data = bytes(1 << 21)
+
+    def job():
+        for _ in range(4):
+            hashlib.sha256(data).digest()
+    pair = ThreadPair([job, job])
+    serial = parallel = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        job()
+        job()
+        t1 = time.perf_counter()
+        pair.run()
+        t2 = time.perf_counter()
+        serial, parallel = min(serial, t1 - t0), min(parallel, t2 - t1)
     try:
-        return f"load average {os.getloadavg()[0]:.2f} at start"
+        load = f"load average {os.getloadavg()[0]:.2f}"
     except (AttributeError, OSError):
-        return "load average unknown"
+        load = "load average unknown"
+    return f"at start: {load}, 2 threads of sha256 {serial / parallel:.2f}x one"
 
 
 THREAD_REPEATS = 8          # gradients per thread per call: amortizes the two barrier waits
