@@ -12,7 +12,8 @@ See ARCHITECTURE.md, "The tape".
 """
 
 cimport cython
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
+                             PyBUF_RECORDS_RO)
 from cpython.exc cimport PyErr_NoMemory
 from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -95,6 +96,8 @@ include "_tape_sweeps.pxi"
 
 cdef uint64_t MAGNITUDE = 0x7FFFFFFFFFFFFFFFULL
 cdef uint64_t EXPONENT = 0x7FF0000000000000ULL
+cdef uint64_t EXP_ONE = 0x0010000000000000ULL
+cdef uint64_t SIGN = 0x8000000000000000ULL
 
 
 def rows_scaled(object g, object m):
@@ -103,11 +106,38 @@ def rows_scaled(object g, object m):
     other terms are exact zeros, and BLAS sums a zero to +0).  None when a row has
     two non-zeros (found on the first such row, so a dense g costs little) or m
     holds inf/nan (the product's 0 * inf is NaN): then the caller multiplies."""
-    cdef const double[:, :] gv = g
-    cdef const double[:, :] mv = m
-    cdef Py_ssize_t R = gv.shape[0], K = gv.shape[1], C = mv.shape[1], b, i, j, c, cnt
+    cdef Py_buffer gb, mb
+    PyObject_GetBuffer(g, &gb, PyBUF_RECORDS_RO)
+    try:
+        PyObject_GetBuffer(m, &mb, PyBUF_RECORDS_RO)
+        try:
+            return _rows_scaled(&gb, &mb)
+        finally:
+            PyBuffer_Release(&mb)
+    finally:
+        PyBuffer_Release(&gb)
+
+
+cdef uint64_t _exp_or(const uint64_t* x, Py_ssize_t n) noexcept nogil:
+    """OR over x[i] & exponent, plus 2^52: bit 63 is set iff some x[i] is inf/nan."""
+    cdef uint64_t acc = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc |= (x[i] & 0x7FF0000000000000ULL) + 0x0010000000000000ULL
+    return acc
+
+
+cdef inline bint _is_f8_matrix(Py_buffer* v):
+    return (v.ndim == 2 and v.itemsize == 8 and v.format != NULL
+            and (v.format[0] == b'd' or ((v.format[0] == b'<' or v.format[0] == b'=')
+                                         and v.format[1] == b'd'))
+            and v.strides[0] % 8 == 0 and v.strides[1] % 8 == 0)
+
+
+cdef object _rows_scaled(Py_buffer* gb, Py_buffer* mb):
+    cdef Py_ssize_t R, K, C, b, i, j, c, cnt, jb, je
     cdef Py_ssize_t gs0, gs1, ms0, ms1
-    cdef bint dense = False, bad = False
+    cdef bint dense = False
     cdef double v
     cdef const double* pg
     cdef const double* pm
@@ -116,25 +146,29 @@ def rows_scaled(object g, object m):
     cdef uint64_t acc
     cdef double* po
     cdef double* dst
-    if mv.shape[0] != K:
-        raise ValueError(f"rows_scaled: shapes ({R}, {K}) and ({mv.shape[0]}, {C}) "
+    cdef Py_ssize_t* col
+    cdef double* val
+    if not (_is_f8_matrix(gb) and _is_f8_matrix(mb)):
+        return None
+    R, K, C = gb.shape[0], gb.shape[1], mb.shape[1]
+    if mb.shape[0] != K:
+        raise ValueError(f"rows_scaled: shapes ({R}, {K}) and ({mb.shape[0]}, {C}) "
                          "do not chain")
     if K == 0 or R == 0 or C == 0:
         return None
-    for st in (gv.strides[0], gv.strides[1], mv.strides[0], mv.strides[1]):
-        if st % <Py_ssize_t>sizeof(double):
-            return None
-    # element strides (possibly negative); (i, j) is at base + i * s0 + j * s1
-    gs0 = gv.strides[0] // <Py_ssize_t>sizeof(double)
-    gs1 = gv.strides[1] // <Py_ssize_t>sizeof(double)
-    ms0 = mv.strides[0] // <Py_ssize_t>sizeof(double)
-    ms1 = mv.strides[1] // <Py_ssize_t>sizeof(double)
-    pg = &gv[0, 0]
-    pm = &mv[0, 0]
-    cols = np.empty(R, np.intp)
-    vals = np.empty(R)
-    cdef Py_ssize_t[::1] col = cols
-    cdef double[::1] val = vals
+    # element strides (possibly negative); (i, j) is at buf + i * s0 + j * s1
+    gs0, gs1 = gb.strides[0] // 8, gb.strides[1] // 8
+    ms0, ms1 = mb.strides[0] // 8, mb.strides[1] // 8
+    pg = <const double*>gb.buf
+    pm = <const double*>mb.buf
+    out = np.empty((R, C))
+    po = <double*>_ptr(out)
+    col = <Py_ssize_t*>malloc(R * sizeof(Py_ssize_t))
+    val = <double*>malloc(R * sizeof(double))
+    if col == NULL or val == NULL:
+        free(col)
+        free(val)
+        raise MemoryError()
     with nogil:
         for b in range(R):
             row = pg + b * gs0
@@ -149,9 +183,8 @@ def rows_scaled(object g, object m):
                 for i in range(b + 1, K):
                     acc = acc | (rb[i] & MAGNITUDE)
                 if acc == 0:
-                    c = b if row[b] != 0.0 else -1
                     col[b] = b
-                    val[b] = row[b] if c >= 0 else 0.0
+                    val[b] = row[b] if row[b] != 0.0 else 0.0
                     continue
             cnt = 0
             for i in range(K):
@@ -165,25 +198,42 @@ def rows_scaled(object g, object m):
                 break
             col[b] = c if c >= 0 else 0
             val[b] = row[c * gs1] if c >= 0 else 0.0
-    if dense:
-        return None
-    # inf/nan in m (or an overflowing sum: then the product, conservatively)
-    if not isfinite(float(m.sum())):
-        return None
-    out = np.empty((R, C))
-    po = <double*>_ptr(out)
-    with nogil:
-        for b in range(R):
-            v = val[b]
-            row = pm + col[b] * ms0
-            dst = po + b * C
+        if not dense:
+            # an all-ones exponent (inf, nan) carries into bit 63 when 2^52 is added
+            acc = 0
             if ms1 == 1:
+                for i in range(K):
+                    acc = acc | _exp_or(<const uint64_t*>(pm + i * ms0), C)
+            elif ms0 == 1:
                 for j in range(C):
-                    dst[j] = v * row[j] + 0.0
+                    acc = acc | _exp_or(<const uint64_t*>(pm + j * ms1), K)
             else:
-                for j in range(C):
-                    dst[j] = v * row[j * ms1] + 0.0
-    return out
+                for i in range(K):
+                    for j in range(C):
+                        acc = acc | (((<const uint64_t*>(pm + i * ms0 + j * ms1))[0]
+                                      & EXPONENT) + EXP_ONE)
+            dense = (acc & SIGN) != 0
+        if not dense:
+            if ms1 == 1:
+                for b in range(R):
+                    v = val[b]
+                    row = pm + col[b] * ms0
+                    dst = po + b * C
+                    for j in range(C):
+                        dst[j] = v * row[j] + 0.0
+            else:
+                # a transposed m: column tiles, so the rows read stay in cache
+                for jb in range(0, C, 32):
+                    je = min(C, jb + 32)
+                    for b in range(R):
+                        v = val[b]
+                        row = pm + col[b] * ms0
+                        dst = po + b * C
+                        for j in range(jb, je):
+                            dst[j] = v * row[j * ms1] + 0.0
+    free(col)
+    free(val)
+    return None if dense else out
 
 
 cdef dict _ones = {}
