@@ -1216,9 +1216,10 @@ cdef class Tape:
                         adj[(r - r0) * N + slot] += 1.0
                 else:
                     ga = self._rows_adj(slot, B, wa, aadj, True)
-                    # rows of the identity: element r - off for row r (distinct pairs)
-                    ga.reshape(B, size)[np.arange(lo - r0, hi - r0),
-                                        np.arange(lo - off, hi - off)] += 1.0
+                    # rows of the identity: element r - off of row r - r0, a stride
+                    # of size + 1 through the flat block
+                    start = (lo - r0) * size + (lo - off)
+                    ga.reshape(-1)[start:start + (hi - lo) * (size + 1):size + 1] += 1.0
                     if lo - r0 == 0 and hi - r0 == B:
                         _mark(areach, slot, None)
                     else:
@@ -1291,6 +1292,10 @@ cdef class Tape:
         cdef const float* pgf
         cdef double* pp
         cdef double* pa
+        cdef char* base[3]
+        cdef Py_ssize_t sref[3]
+        cdef char* gbase
+        cdef Py_ssize_t isz
         po = NULL
         pof = NULL
         desc = self.aux[self.ins[s].a0]
@@ -1404,27 +1409,36 @@ cdef class Tape:
             # what is left row by row: scalar operands (the kernel sums them), small
             # blocks, float32
             if arrays or scalars:
+                for k in range(3):
+                    base[k] = NULL
+                    sref[k] = -1
+                for k, ga, fresh in arrays:
+                    base[k] = <char*>_ptr(ga)
+                for k, ref in scalars:
+                    sref[k] = ref
+                gbase = <char*>_ptr(Gc)
+                isz = 4 if f32 else 8
+                reach = None if rows is None else rows.astype(np.uint8)
                 for b in range(B):
-                    if rows is not None and not rows[b]:
+                    if reach is not None and not reach[b]:
                         continue        # a zero cotangent row adds exactly 0
-                    for k, ga, fresh in arrays:
-                        if f32:
-                            ef[k].g = (<float*>_ptr(ga)) + b * n
-                        else:
-                            e[k].g = (<double*>_ptr(ga)) + b * n
-                    for k, ref in scalars:
-                        if f32:
-                            ef[k].gs = &adj[b * N + <Py_ssize_t>ref]
-                        else:
-                            e[k].g = &adj[b * N + <Py_ssize_t>ref]
+                    for k in range(ar):
+                        if base[k] != NULL:
+                            if f32:
+                                ef[k].g = <float*>(base[k] + b * n * isz)
+                            else:
+                                e[k].g = <double*>(base[k] + b * n * isz)
+                        elif sref[k] >= 0:
+                            if f32:
+                                ef[k].gs = &adj[b * N + sref[k]]
+                            else:
+                                e[k].g = &adj[b * N + sref[k]]
                     if f32:
-                        pgf = (<const float*>_ptr(Gc)) + b * n
                         with nogil:
-                            ew_reverse_f32(op, ef, pof, pgf, n)
+                            ew_reverse_f32(op, ef, pof, <const float*>(gbase + b * n * isz), n)
                     else:
-                        pg = (<const double*>_ptr(Gc)) + b * n
                         with nogil:
-                            ew_reverse(op, e, po, pg, n)
+                            ew_reverse(op, e, po, <const double*>(gbase + b * n * isz), n)
             for ga, tmp in later:
                 ga += tmp
         else:

@@ -501,10 +501,13 @@ def _as_matrices(a, b):
     return a2, b2
 
 
-def _worth_a_look(rows: int, inner: int, cols: int) -> bool:
-    """Whether looking for one non-zero per row of a ``rows x inner`` factor may pay:
-    the look and the scaled copy are a few numpy passes over O(rows x cols), BLAS
-    does O(rows x inner x cols) about ten times faster per element."""
+def _worth_a_look(rows: int, inner: int, cols: int, c_path: bool = True) -> bool:
+    """Whether looking for one non-zero per row of a ``rows x inner`` factor may pay.
+    The C look (float64) stops at the first dense row and copies in one pass; the
+    numpy one (float32) takes a few passes over O(rows x cols), and BLAS does the
+    O(rows x inner x cols) product about ten times faster per element."""
+    if c_path:
+        return inner >= 8 and rows * inner * cols >= 1 << 15
     return inner >= 32 and rows * inner * cols >= 1 << 16
 
 
@@ -520,7 +523,7 @@ def rows_matmul(g: np.ndarray, m: np.ndarray) -> np.ndarray:
     rows, inner = g.shape
     cols = m.shape[1]
     if (g.dtype != m.dtype or g.dtype.kind != "f"
-            or not _worth_a_look(rows, inner, cols)):
+            or not _worth_a_look(rows, inner, cols, g.dtype == np.float64)):
         return np.matmul(g, m)
     if g.dtype == np.float64:
         # one C pass: stops at the first row with two non-zeros
