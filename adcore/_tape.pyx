@@ -1466,6 +1466,7 @@ cdef class Tape:
             vjp_rows = getattr(prim, "vjp_rows", None)
             if vjp_rows is not None:
                 cts = vjp_rows(G if rows is None else G[live], xs, out, needs, **params)
+                adopted = []
                 if len(cts) != len(refs):
                     raise ValueError(f"primitive {prim.name}: vjp_rows returned {len(cts)} "
                                      f"cotangents for {len(refs)} inputs")
@@ -1483,6 +1484,15 @@ cdef class Tape:
                                          f"cotangent of shape {ct.shape} for {len(live)} rows "
                                          f"of an input of shape {wa[ref].shape}")
                     fresh = rows is None and ref not in aadj
+                    if (fresh and type(ct) is np.ndarray and ct.base is None
+                            and ct.dtype is wa[ref].dtype and ct.flags.c_contiguous
+                            and ct.flags.writeable and ct is not G
+                            and not any(ct is a for a in xs) and not any(ct is a for a in adopted)):
+                        # a fresh array the rule made for us: it becomes the adjoint
+                        aadj[ref] = ct
+                        adopted.append(ct)
+                        _mark(areach, ref, rows)
+                        continue
                     ga = self._rows_adj(ref, B, wa, aadj, not fresh)
                     if fresh:
                         np.copyto(ga, ct)
