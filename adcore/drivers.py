@@ -9,8 +9,11 @@ in V(C1 x C0), indexed by (output coordinate, input coordinate):
   numbers gives the coordinate set of its keys, and of arrays the tuples
   ``(key, *index)``.  The output's coordinate set is found the same way.
 * ``mode="forward"`` pushes all |C0| basis directions through one forward pass
-  (adcore.forward.jacfwd, tangents in chunks); ``mode="reverse"`` records one tape
-  and sweeps it back once per output row (adcore.reverse.jacrev).
+  (tangents in chunks); ``mode="reverse"`` records one tape and sweeps all |C1|
+  output rows back through it at once (``Tape.jacobian_rows``: one reverse sweep
+  carrying a stack of cotangents, in blocks when large).  Both seed the identity;
+  matmul keeps its one-non-zero-per-row structure (``array_ops.rows_matmul``), so
+  neither multiplies W by a dense |C0| x |C0| seed.
   ``mode="auto"`` (the default) evaluates f once at x to learn |C1|, then takes
   forward mode when |C0| <= |C1| and reverse mode otherwise: each mode costs a
   small multiple of f per direction it pushes (forward: |C0| of them, reverse:
