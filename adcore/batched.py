@@ -411,11 +411,11 @@ def _stack_last(parts):
 
 def _branch_report(tape, N: int, bad_rows: np.ndarray, first_message: str):
     rows = [int(r) for r in bad_rows[:_SHOW_ROWS]]
-    more = f", ... ({len(bad_rows)} rows in all)" if len(bad_rows) > _SHOW_ROWS else ""
+    more = " and more" if len(bad_rows) > _SHOW_ROWS else ""
     err = BranchChangedError(
         f"the replay takes another branch than the recording at {len(bad_rows)} of {N} "
-        f"point(s), rows {rows}{more} (all of them in the exception's .rows); at row "
-        f"{rows[0]}: {first_message}")
+        f"point(s): rows {rows}{more} (all {len(bad_rows)} in the exception's .rows); "
+        f"at row {rows[0]}: {first_message}")
     err.rows = bad_rows
     return err
 
