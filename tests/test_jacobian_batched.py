@@ -148,6 +148,7 @@ def test_outputs_constant_and_repeated():
     check(f, RNG.standard_normal(3))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_zero_cotangent_rows_keep_inf_out():
     # row 0 never reaches the matmul in its own sweep; the stacked sweep must not
     # send its zero cotangent through W's inf (0 * inf = NaN)
@@ -167,10 +168,20 @@ def test_where_untaken_branch():
     check(f, np.array([-1.0, 0.0, 4.0, -0.0]))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_and_inf_values():
     def f(x):
         return adcore.log(x) * x
     check(f, np.array([0.0, -1.0, np.inf, 2.0]))
+
+
+def test_on_a_replay():
+    x0, x1 = RNG.uniform(-2, 2, 5), RNG.uniform(-2, 2, 5)
+    tape = adcore.record(tanh_layer, x0)
+    rp = tape.replay([x1])
+    J = tape.jacobian_rows(tape.out_leaves, tape.in_leaves, _work=rp)
+    same(J, np.asarray(adcore.record(tanh_layer, x1).jacobian(x1)))
+    same(J, np.asarray(tape.jacobian(x1)))
 
 
 def test_bad_slots_are_errors():
@@ -252,6 +263,7 @@ def test_rows_matmul_bitwise_the_product(transposed):
     assert array_ops.rows_matmul(chunk, m).tobytes() == np.matmul(chunk, m).tobytes()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_rows_matmul_inf_nan_and_dense_take_the_product():
     rng = np.random.default_rng(2)
     g = _signed_diag(40, rng)
@@ -276,6 +288,7 @@ def test_rows_matmul_float32():
     assert array_ops.rows_matmul(g, m).tobytes() == np.matmul(g, m).tobytes()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_forward_shortcut_equals_dense_product(monkeypatch):
     rng = np.random.default_rng(4)
     w = rng.standard_normal((50, 40))
