@@ -498,6 +498,24 @@ def _forward_rows(pieces: List[Any], tag: int, k: int) -> np.ndarray:
     return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
 
+_IDENTITIES: Dict[int, np.ndarray] = {}
+
+
+def _identity(n: int) -> np.ndarray:
+    """np.eye(n), read-only and kept for small n (the forward seed of every call;
+    nothing writes into tangents, and a read-only array says so loudly)."""
+    if n > 512:
+        return np.eye(n)
+    eye = _IDENTITIES.get(n)
+    if eye is None:
+        if len(_IDENTITIES) >= 8:
+            _IDENTITIES.clear()
+        eye = np.eye(n)
+        eye.flags.writeable = False
+        _IDENTITIES[n] = eye
+    return eye
+
+
 def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray,
                     m_hint: int) -> np.ndarray:
     """The (m, n) Jacobian by forward mode: the identity's rows as tangents -- of
@@ -516,13 +534,15 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
         if k == n:
-            seed = np.eye(n)
+            seed = _identity(n)
         else:
             seed = np.zeros((k, n))
             seed[np.arange(k), start + np.arange(k)] = 1.0
         with forward._Differentiation() as tag:
             blocks.append(_forward_rows(call(lin.unflatten(DualArray(xf, seed, tag))), tag, k))
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    J = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    # f may hand the seed itself back (f(x) = x): the Jacobian owns its numbers
+    return J if J.flags.writeable else J.copy()
 
 
 def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray

@@ -348,3 +348,11 @@ def test_stacked_rule_returning_one_array_twice():
         check(f, RNG.standard_normal(4), RNG.standard_normal(4))
     finally:
         del _Plus.vjp_rows
+
+
+def test_forward_identity_result_is_writable_and_fresh():
+    x = RNG.standard_normal(6)
+    J1 = np.asarray(adcore.jacobian(lambda x: x, mode="forward")(x))
+    J1[0, 0] = 5.0                       # the cached seed is not handed out
+    J2 = np.asarray(adcore.jacobian(lambda x: x, mode="forward")(x))
+    assert np.array_equal(J2, np.eye(6))
