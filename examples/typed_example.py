@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import adcore
 from adcore import Matrix, Named, Vector
@@ -53,6 +54,13 @@ def second_derivative_of_sin(t: float) -> float:
     return float(d2(t))
 
 
+def gradients_at_many_points(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """One recording of z in (a, b, c), its gradient replayed at every row in C."""
+    tape = adcore.record(lambda abc: z(abc[0], abc[1], abc[2], 4.0, -1.0), [3.0, 1.0, -2.0])
+    grads: npt.NDArray[np.float64] = tape.gradient_map(points, threads=2)
+    return grads
+
+
 def main() -> None:
     value, tangents = forward_three_tangents()
     assert value == 42.0 and tangents == [16.0, -4.0, 1.0], (value, tangents)
@@ -62,6 +70,9 @@ def main() -> None:
     assert jac["z0", "x"] == 6.0 and jac["z1", "x"] == 5.0 and jac["z2", "y"] == 10.0
     dense = np.asarray(jac)
     assert dense.shape == (3, 2)
+
+    grads = gradients_at_many_points(np.array([[3.0, 1.0, -2.0], [0.0, 0.0, 0.0]]))
+    assert grads.tolist() == [[16.0, -4.0, 1.0], [16.0, -4.0, 1.0]], grads
 
     assert math.isclose(second_derivative_of_sin(0.5), -math.sin(0.5), rel_tol=1e-15)
     print(f"z = {value}, (dz/da, dz/db, dz/dc) = {tuple(tangents)}; J =\n{dense}")
