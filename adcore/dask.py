@@ -29,7 +29,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "adcore.dask needs Dask, which is not installed: pip install 'adcore[dask]' "
-        f"(dask[array,distributed]>=2023.1); the import failed with: {_e}") from _e
+        f"(dask[array,distributed]>=2024.8); the import failed with: {_e}") from _e
 
 import numpy as np
 
