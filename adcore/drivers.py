@@ -161,7 +161,7 @@ import numpy as np
 
 from . import forward, reverse, trees
 from ._dual import Dual, DualArray
-from ._tape import Tape, TapeArray
+from ._tape import Tape, TapeArray, TapeValue
 from .nested import NestedDual
 from .coords import CoordinateSet, Named, Range, from_shape
 from .errors import CoordinateError, NestingError
@@ -545,6 +545,15 @@ def _forward_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
     return J if J.flags.writeable else J.copy()
 
 
+def _out_leaf(tape: Tape, leaf: Any, i: int) -> Any:
+    """reverse._out_leaf, naming the output element only when it is refused (the
+    name is a string per element and call otherwise)."""
+    if type(leaf) is TapeArray or type(leaf) is TapeValue:
+        if leaf.tape is tape:
+            return ("a", leaf.slot) if type(leaf) is TapeArray else ("s", leaf.slot)
+    return reverse._out_leaf(tape, leaf, f"jacobian: output element {i}")
+
+
 def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarray
                     ) -> np.ndarray:
     """The (m, n) Jacobian by reverse mode: one recording, then all m rows in one
@@ -573,8 +582,7 @@ def _reverse_matrix(lin: _Layout, call: Callable[[Any], List[Any]], xf: np.ndarr
         else:
             handles = tape.input(xf)
             in_leaves = [(handles.slot, handles.shape, handles.dtype.str)]
-        out_leaves = [reverse._out_leaf(tape, leaf, f"jacobian: output element {i}")
-                      for i, leaf in enumerate(leaves_of(handles))]
+        out_leaves = [_out_leaf(tape, leaf, i) for i, leaf in enumerate(leaves_of(handles))]
     finally:
         tape.finish()
     J = tape.jacobian_rows(out_leaves, in_leaves)
