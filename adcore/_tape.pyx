@@ -1296,6 +1296,8 @@ cdef class Tape:
         cdef Py_ssize_t sref[3]
         cdef char* gbase
         cdef Py_ssize_t isz
+        cdef const unsigned char* preach
+        cdef bint f32c
         po = NULL
         pof = NULL
         desc = self.aux[self.ins[s].a0]
@@ -1418,26 +1420,31 @@ cdef class Tape:
                     sref[k] = ref
                 gbase = <char*>_ptr(Gc)
                 isz = 4 if f32 else 8
-                reach = None if rows is None else rows.astype(np.uint8)
-                for b in range(B):
-                    if reach is not None and not reach[b]:
-                        continue        # a zero cotangent row adds exactly 0
-                    for k in range(ar):
-                        if base[k] != NULL:
-                            if f32:
-                                ef[k].g = <float*>(base[k] + b * n * isz)
-                            else:
-                                e[k].g = <double*>(base[k] + b * n * isz)
-                        elif sref[k] >= 0:
-                            if f32:
-                                ef[k].gs = &adj[b * N + sref[k]]
-                            else:
-                                e[k].g = &adj[b * N + sref[k]]
-                    if f32:
-                        with nogil:
+                f32c = f32
+                preach = NULL
+                if rows is not None:
+                    reach = rows.astype(np.uint8)
+                    preach = <const unsigned char*>_ptr(reach)
+                # one GIL release for all rows (small blocks: per row it would cost
+                # more than the kernel)
+                with nogil:
+                    for b in range(B):
+                        if preach != NULL and not preach[b]:
+                            continue        # a zero cotangent row adds exactly 0
+                        for k in range(ar):
+                            if base[k] != NULL:
+                                if f32c:
+                                    ef[k].g = <float*>(base[k] + b * n * isz)
+                                else:
+                                    e[k].g = <double*>(base[k] + b * n * isz)
+                            elif sref[k] >= 0:
+                                if f32c:
+                                    ef[k].gs = &adj[b * N + sref[k]]
+                                else:
+                                    e[k].g = &adj[b * N + sref[k]]
+                        if f32c:
                             ew_reverse_f32(op, ef, pof, <const float*>(gbase + b * n * isz), n)
-                    else:
-                        with nogil:
+                        else:
                             ew_reverse(op, e, po, <const double*>(gbase + b * n * isz), n)
             for ga, tmp in later:
                 ga += tmp

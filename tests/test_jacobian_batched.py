@@ -356,3 +356,16 @@ def test_forward_identity_result_is_writable_and_fresh():
     J1[0, 0] = 5.0                       # the cached seed is not handed out
     J2 = np.asarray(adcore.jacobian(lambda x: x, mode="forward")(x))
     assert np.array_equal(J2, np.eye(6))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("m", [3, 60])          # row by row, and partials once
+def test_partial_reach_through_element_wise(m):
+    w = RNG.standard_normal((m, 50))
+    w[1, 2] = np.inf
+
+    def f(x):
+        return [adcore.sum(x * 3.0), adcore.sin(adcore.matmul(w, x)) * x[0]]
+
+    ref = check(f, RNG.standard_normal(50))
+    assert np.all(ref[0] == 3.0)
