@@ -1,9 +1,14 @@
 """Property-based differential tests over the rule table.
 
 Random programs (up to 8 operations of the public rules, scalars and small arrays
-that broadcast) are differentiated four ways -- forward mode (jacfwd, jvp),
-reverse mode (jacrev, grad), a recorded tape replayed (tape.jacobian,
-tape.gradient) and central finite differences -- and the answers must agree.
+that broadcast, optionally array primitives and Python ``if``s) are differentiated
+four ways -- forward mode (jacfwd, jvp, jacobian(mode="forward")), reverse mode
+(jacrev and grad, one sweep per output row; Tape.jacobian_rows and
+jacobian(mode="reverse"), all rows in one stacked sweep), a recorded tape
+replayed (tape.jacobian, tape.gradient) and central finite differences -- and
+the answers must agree.  The tape is also replayed at a batch of points
+(tape.map, jacobian_map, gradient_map, one and two threads), which must equal a
+loop of single replays bitwise, with exactly the rows across an ``if`` reported.
 Random compositions are checked against the chain rule and random linear maps
 against ``matrix_of``.  ``tools/long_property_run.py`` runs the same checks on
 10**4 programs.
@@ -17,6 +22,7 @@ finite-difference check avoids by comparing branch outcomes across its stencil.
 
 from __future__ import annotations
 
+import collections
 import random
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
@@ -70,9 +76,11 @@ class Program:
 
 
 def random_program(rnd: random.Random, max_depth: int = 8, n_inputs: Optional[int] = None,
-                   shape: Any = "any", primitives: bool = False) -> Program:
+                   shape: Any = "any", primitives: bool = False,
+                   control_flow: bool = False) -> Program:
     """A random program; ``shape`` fixes every input's shape (None: Python floats);
-    with ``primitives`` some steps are array primitives (sum, matmul, getitem, ...)."""
+    with ``primitives`` some steps are array primitives (sum, matmul, getitem, ...);
+    with ``control_flow`` some steps are Python ``if``s (see IF)."""
     n = n_inputs if n_inputs is not None else rnd.randint(1, 3)
     if shape != "any":
         shapes = (shape,) * n
@@ -82,7 +90,11 @@ def random_program(rnd: random.Random, max_depth: int = 8, n_inputs: Optional[in
         shapes = tuple(rnd.choice(SHAPES) for _ in range(n))
     steps: list = []
     for s in range(rnd.randint(1, max_depth)):
-        outs = _register_shapes(Program(shapes, tuple(steps))) if primitives else None
+        outs = (_register_shapes(Program(shapes, tuple(steps)))
+                if primitives or control_flow else None)
+        if control_flow and rnd.random() < 0.2:
+            steps.append(_if_step(rnd, outs))
+            continue
         if primitives and rnd.random() < 0.35:
             step = _primitive_step(rnd, outs)
             if step is not None:
@@ -107,6 +119,26 @@ def random_program(rnd: random.Random, max_depth: int = 8, n_inputs: Optional[in
             args.append((reg, dom))
         steps.append((rule.name, tuple(args)))
     return Program(shapes, tuple(steps))
+
+
+#: a step ``("if", ((c, None), (a, None), (b, None)))`` is Python control flow:
+#: ``a if sum(c) > 0 else b``.  A tape records the comparison and one branch, so a
+#: replay where the comparison goes the other way raises BranchChangedError (the
+#: only steps that do: the rules' own kinks replay across their switch).
+IF = "if"
+
+
+def _if_step(rnd: random.Random, shapes: list) -> tuple:
+    """An IF step on registers of these shapes: both branches of one shape, so the
+    program's shapes do not depend on the branch taken."""
+    last = len(shapes) - 1
+    c = last if rnd.random() < 0.5 else rnd.randrange(len(shapes))
+    a = last if rnd.random() < 0.6 else rnd.randrange(len(shapes))
+    same = [j for j in range(len(shapes)) if shapes[j] == shapes[a] and j != a]
+    b = rnd.choice(same) if same else a
+    if rnd.random() < 0.5:
+        a, b = b, a
+    return (IF, ((c, None), (a, None), (b, None)))
 
 
 def _broadcasts(a: Any, b: Any) -> bool:
@@ -173,6 +205,13 @@ def run(prog: Program, xs: Sequence[Any], branches: Optional[list] = None) -> An
     regs = list(xs)
     for name, args, *params in prog.steps:
         vals = [regs[r] if d is None else squash(regs[r], *d) for r, d in args]
+        if name == IF:
+            c = vals[0] if np.ndim(vals[0]) == 0 else adcore.sum(vals[0])
+            take = bool(c > 0.0)  # Python reads a comparison: a recorded branch
+            if branches is not None:
+                branches.append((IF, take))
+            regs.append(vals[1] if take else vals[2])
+            continue
         if params:
             if branches is not None and name == "max":
                 a = np.asarray(vals[0], dtype=np.float64)  # which elements are maxima
@@ -311,6 +350,180 @@ def finite_difference_check(prog: Program, xs: Sequence[Any], jac: Sequence[np.n
     return compared
 
 
+# ------------------------------------------------- batched replay and stacked rows
+
+def if_outcomes(prog: Program, xs: Sequence[Any]) -> list:
+    """The outcomes of the program's IF steps at xs (its recorded branches)."""
+    return [b for b in branches_at(prog, xs) if isinstance(b, tuple) and b[0] == IF]
+
+
+def batch_points(prog: Program, xs: Sequence[Any], rnd: random.Random) -> list:
+    """Points to replay a tape of prog recorded at xs: xs itself (first and last, so
+    that each of two threads replays it), a nearby point, -xs, two random points,
+    and for a program with IF steps a point where an IF goes the other way, when
+    a few random tries find one."""
+    def moved(scale: float, sign: float = 1.0) -> Tuple[Any, ...]:
+        return tuple(sign * x + rnd.uniform(-scale, scale) if isinstance(x, float) else
+                     sign * np.asarray(x) + np.array([rnd.uniform(-scale, scale)
+                                                      for _ in range(np.size(x))]
+                                                     ).reshape(np.shape(x)) for x in xs)
+    points = [tuple(xs), moved(1e-3), moved(0.0, -1.0), random_inputs(rnd, prog),
+              random_inputs(rnd, prog)]
+    if any(step[0] == IF for step in prog.steps):
+        base = if_outcomes(prog, xs)
+        for _ in range(8):
+            p = random_inputs(rnd, prog)
+            if if_outcomes(prog, p) != base:
+                points.append(p)
+                break
+    points.append(tuple(xs))
+    return points
+
+
+def _parts(r: Any) -> List[np.ndarray]:
+    """A result (one leaf, or a tuple of one block per input) as a list of arrays."""
+    return [np.asarray(p) for p in (r if isinstance(r, tuple) else (r,))]
+
+
+def assert_same_bits(name: str, got: Any, want: Any) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise AssertionError(f"{name}: {got.dtype}{got.shape}, expected "
+                             f"{want.dtype}{want.shape}")
+    if np.ascontiguousarray(got).tobytes() != np.ascontiguousarray(want).tobytes():
+        raise AssertionError(f"{name}: not bitwise equal\n got  {got.ravel()[:8]}\n "
+                             f"want {want.ravel()[:8]}")
+
+
+def _scalar_output(tape: adcore.Tape) -> bool:
+    if len(tape.out_leaves) != 1:
+        return False
+    kind, ref = tape.out_leaves[0]
+    return kind == "c" or tape.shape_of(ref) == ()
+
+
+BATCHED = ("map", "jacobian_map", "gradient_map")
+SINGLE = {"map": "__call__", "jacobian_map": "jacobian", "gradient_map": "gradient"}
+
+
+def check_batched(tape: adcore.Tape, points: Sequence[Sequence[Any]],
+                  expect_bad: Optional[Sequence[int]] = None) -> dict:
+    """tape.map / jacobian_map / gradient_map at the stacked points = a loop of
+    tape(...) / tape.jacobian(...) / tape.gradient(...), bitwise, with threads=1
+    and threads=2; the rows where the loop raises BranchChangedError are NaN and
+    flagged in "mask" mode and listed in the exception's .rows in "raise" mode.
+    ``expect_bad``: the rows where the loop must raise (checks the loop itself).
+    """
+    N = len(points)
+    grad_ok = _scalar_output(tape)
+    want: dict = {m: [] for m in BATCHED}
+    bad = []
+    for r, p in enumerate(points):
+        try:
+            row = {m: _parts(getattr(tape, SINGLE[m])(*p)) for m in BATCHED
+                   if m != "gradient_map" or grad_ok}
+        except BranchChangedError:
+            bad.append(r)
+            row = {}
+        for m in BATCHED:
+            want[m].append(row.get(m))
+    if expect_bad is not None and bad != list(expect_bad):
+        raise AssertionError(f"single replays: branch changes at rows {bad}, the program's "
+                             f"IF steps change at rows {list(expect_bad)}")
+    X = [np.stack([np.asarray(p[i], dtype=np.float64) for p in points])
+         for i in range(len(points[0]))]
+    ok_want = np.array([r not in bad for r in range(N)])
+    for m in BATCHED:
+        if m == "gradient_map" and not grad_ok:
+            try:
+                tape.gradient_map(*X)
+            except TypeError as e:
+                if "scalar output" not in str(e):
+                    raise AssertionError(f"gradient_map of a non-scalar output: {e}") from e
+                continue
+            raise AssertionError("gradient_map of a non-scalar output did not raise")
+        by_threads = []
+        for threads in (1, 2):
+            res, ok = getattr(tape, m)(*X, threads=threads, on_branch_change="mask")
+            if not np.array_equal(ok, ok_want):
+                raise AssertionError(f"{m} (threads={threads}): ok {ok}, the single "
+                                     f"replays say {ok_want}")
+            parts = _parts(res)
+            for r in range(N):
+                for k, block in enumerate(parts):
+                    what = f"{m} (threads={threads}) row {r}, block {k}"
+                    if ok[r]:
+                        if len(parts) != len(want[m][r]):
+                            raise AssertionError(f"{what}: {len(parts)} blocks, the single "
+                                                 f"replay gives {len(want[m][r])}")
+                        assert_same_bits(what, block[r], want[m][r][k])
+                    elif not np.all(np.isnan(block[r])):
+                        raise AssertionError(f"{what}: a masked row holds {block[r]}")
+            by_threads.append(parts)
+        for k, (a, b) in enumerate(zip(*by_threads)):
+            assert_same_bits(f"{m}: threads=1 vs threads=2, block {k}", a, b)
+        try:
+            res = getattr(tape, m)(*X, threads=2)
+        except BranchChangedError as e:
+            rows = list(getattr(e, "rows", []))
+            if rows != bad:
+                raise AssertionError(f"{m} raised for rows {rows}, expected {bad}") from e
+            if f"rows {bad[:10]}" not in str(e):
+                raise AssertionError(f"{m}: the message does not name rows {bad[:10]}: {e}")
+        else:
+            if bad:
+                raise AssertionError(f"{m}: no BranchChangedError for rows {bad}")
+            for k, (a, b) in enumerate(zip(_parts(res), by_threads[1])):
+                assert_same_bits(f"{m}: 'raise' vs 'mask' mode, block {k}", a, b)
+    return {"batched_rows": N, "batched_branch_rows": len(bad)}
+
+
+def _stacked(blocks: Sequence[np.ndarray], m: int) -> np.ndarray:
+    """Per-input Jacobian blocks (output shape + input shape) as one (m, NC) matrix."""
+    return np.concatenate([np.asarray(b, dtype=np.float64).reshape(m, -1) for b in blocks],
+                          axis=1)
+
+
+def assert_rounding(name: str, got: Any, want: Any, scale: float) -> None:
+    """Equal to rounding where want is finite, and the same inf/nan where it is not."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: shape {got.shape}, expected {want.shape}")
+    finite = np.isfinite(want)
+    if not np.array_equal(np.isfinite(got), finite) or not np.array_equal(
+            got[~finite], want[~finite], equal_nan=True):
+        raise AssertionError(f"{name}: non-finite entries differ\n got  {got.ravel()[:8]}"
+                             f"\n want {want.ravel()[:8]}")
+    assert_close(name, got[finite], want[finite], rtol=1e-13, atol=1e-14 * scale)
+
+
+def check_stacked_rows(f: Any, xs: Sequence[Any], tape: adcore.Tape,
+                       per_row: Sequence[np.ndarray], m: int) -> np.ndarray:
+    """The Jacobian by one stacked reverse sweep (Tape.jacobian_rows, all rows at once
+    and one row per block; adcore.jacobian(mode="reverse")) = per_row, the blocks of
+    one reverse sweep per output row, to rounding; inf/nan exactly.  Returns the
+    public entry's (m, NC) matrix."""
+    want = _stacked(per_row, m)
+    scale = max([1.0] + [float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0))])
+    for block in (1 << 22, 1):
+        got = tape.jacobian_rows(tape.out_leaves, tape.in_leaves, block=block)
+        assert_rounding(f"Tape.jacobian_rows (block={block}) vs one sweep per row", got,
+                        want, scale)
+    J = adcore.jacobian(f, mode="reverse", argnums=tuple(range(len(xs))))(*xs)
+    assert_rounding("jacobian(mode='reverse') vs one sweep per row", J.values, want, scale)
+    return np.asarray(J.values)
+
+
+def _unstacked(J: np.ndarray, xs: Sequence[Any], yshape: Tuple[int, ...]) -> List[np.ndarray]:
+    """An (m, NC) matrix back as per-input blocks of shape yshape + input shape."""
+    out, col = [], 0
+    for x in xs:
+        size = int(np.size(x))
+        out.append(J[:, col:col + size].reshape(tuple(yshape) + np.shape(x)))
+        col += size
+    return out
+
+
 def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
     """Forward = reverse = replay = finite differences for one program at xs.
 
@@ -327,7 +540,8 @@ def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
         # gradients) and differences cannot judge here.
         jr = _blocks(adcore.jacrev(f, argnums=nums)(*xs), n)
         jf = _blocks(adcore.jacfwd(f, argnums=nums)(*xs), n)
-        jt = adcore.record(f, *xs).jacobian(*xs)
+        tape = adcore.record(f, *xs)
+        jt = tape.jacobian(*xs)
         jt = _blocks(jt, n) if n > 1 else [np.asarray(jt)]
         for i in nums:
             finite = np.isfinite(jr[i])
@@ -335,7 +549,14 @@ def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
                          jr[i][finite], rtol=1e-10, atol=1e-10)
             assert_close(f"at cbrt(0): replay vs jacrev, input {i}", jt[i], jr[i],
                          rtol=1e-14, atol=1e-14)
-        return {"singular": 1}
+        # the stacked sweep keeps every inf and nan of one sweep per row
+        m = int(np.size(tape(*xs)))
+        check_stacked_rows(f, xs, tape, jr, m)
+        points = batch_points(prog, xs, rnd)
+        base = if_outcomes(prog, xs)
+        counts = check_batched(tape, points, [r for r, p in enumerate(points)
+                                              if if_outcomes(prog, p) != base])
+        return dict(counts, singular=1)
     y = np.asarray(f(*xs), dtype=np.float64)
     assert np.all(np.isfinite(y)), f"the program is not finite at its point: {y}"
 
@@ -379,6 +600,19 @@ def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
     for i in nums:
         assert_close(f"replayed gradient, input {i}", sg[i], g[i], **exact)
 
+    # all Jacobian rows in one stacked reverse sweep = one sweep per row (jt) to
+    # rounding, and = forward mode as jacrev is
+    Js = check_stacked_rows(f, xs, tape, jt, y.size)
+    Jfs = adcore.jacobian(f, mode="forward", argnums=nums)(*xs).values
+    assert_close("jacobian(mode='forward') vs the stacked reverse sweep", Jfs, Js, **tight)
+
+    # batched replay at several points (across IF steps too) = a loop of single replays
+    points = batch_points(prog, xs, rnd)
+    base = if_outcomes(prog, xs)
+    expect_bad = [r for r, p in enumerate(points) if if_outcomes(prog, p) != base]
+    counts = collections.Counter(check_batched(tape, points, expect_bad))
+    counts.update(check_batched(stape, points, expect_bad))
+
     # a saved and loaded tape replays to the same numbers
     loaded = adcore.Tape.from_bytes(tape.to_bytes())
     assert_close("loaded tape's value", loaded(*xs), tape(*xs), rtol=0.0, atol=0.0)
@@ -407,8 +641,9 @@ def check_program(prog: Program, xs: Sequence[Any], rnd: random.Random) -> dict:
                          rtol=1e-12, atol=1e-14 * _scale(jr2))
         replayed_near = 1
 
-    compared = finite_difference_check(prog, xs, jr)
-    return {"fd_entries": compared, "replayed_near": replayed_near}
+    # finite differences judge the stacked sweep's Jacobian (equal to jr to rounding)
+    compared = finite_difference_check(prog, xs, _unstacked(Js, xs, y.shape))
+    return dict(counts, fd_entries=compared, replayed_near=replayed_near)
 
 
 # --------------------------------------------------------------------- tests
@@ -434,7 +669,7 @@ def test_random_array_programs_with_broadcasting(rnd):
 def test_hessian_of_random_scalar_programs(rnd):
     # exact second derivatives (reverse over forward) against central differences of
     # the reverse-mode gradient, over a named coordinate set
-    prog = random_program(rnd, shape=None)
+    prog = random_program(rnd, shape=None, control_flow=rnd.random() < 0.5)
     note(str(prog))
     xs = random_inputs(rnd, prog)
     assume(SINGULAR not in branches_at(prog, xs))
@@ -456,7 +691,7 @@ def test_hessian_of_random_scalar_programs(rnd):
 def test_nested_derivatives_of_random_programs(rnd):
     # derivative(derivative(f)) = grad(derivative(f)) = hessian(f), and each order
     # against central differences of the one below
-    prog = random_program(rnd, shape=None, n_inputs=1)
+    prog = random_program(rnd, shape=None, n_inputs=1, control_flow=rnd.random() < 0.5)
     note(str(prog))
     xs = random_inputs(rnd, prog)
     assume(SINGULAR not in branches_at(prog, xs))
@@ -480,7 +715,8 @@ def test_nested_derivatives_of_random_programs(rnd):
 def test_hessian_of_random_array_programs(rnd):
     # arrays: hessian (reverse over forward) = jacfwd(jacfwd) (forward over forward,
     # NestedDual arrays) = central differences of the gradient
-    prog = random_program(rnd, max_depth=5, n_inputs=1, shape=(3,))
+    prog = random_program(rnd, max_depth=5, n_inputs=1, shape=(3,),
+                          control_flow=rnd.random() < 0.5)
     note(str(prog))
     xs = random_inputs(rnd, prog)
     assume(SINGULAR not in branches_at(prog, xs))
@@ -500,7 +736,7 @@ def test_hessian_of_random_array_programs(rnd):
 def test_vector_inputs_through_every_driver(rnd):
     # a Vector argument (a tree node) gives the same numbers as separate floats, through
     # grad, jvp, vjp, jacobian and a recorded tape
-    prog = random_program(rnd, shape=None)
+    prog = random_program(rnd, shape=None, control_flow=rnd.random() < 0.5)
     note(str(prog))
     xs = random_inputs(rnd, prog)
     n = len(xs)
@@ -531,6 +767,87 @@ def test_random_array_programs_with_primitives(rnd):
     prog = random_program(rnd, shape=shape, primitives=True)
     note(str(prog))
     check_program(prog, random_inputs(rnd, prog), rnd)
+
+
+@CI
+@given(st.randoms(use_true_random=False))
+def test_random_programs_with_control_flow(rnd):
+    # Python ifs among the steps: every engine follows the branch taken at the point,
+    # and batched replays at points across an if flag exactly the rows that change it
+    shape = rnd.choice([None, "any", (3,), (2, 3)])
+    prog = random_program(rnd, shape=shape, primitives=rnd.random() < 0.5, control_flow=True)
+    note(str(prog))
+    check_program(prog, random_inputs(rnd, prog), rnd)
+
+
+@pytest.mark.parametrize("shape", [None, (3,)], ids=["scalar tape (C loop)",
+                                                     "array tape (row by row)"])
+def test_batched_replay_reports_the_rows_across_an_if(shape):
+    # r1 = r0 * r0 if r0 > 0 else sin(r0): rows 1 and 3 take the other branch
+    prog = Program((shape,), (("mul", ((0, None), (0, None))), ("sin", ((0, None),)),
+                              (IF, ((0, None), (1, None), (2, None)))))
+    one = (lambda v: v) if shape is None else (lambda v: np.full(shape, v))
+    xs = (one(0.5),)
+    tape = adcore.record(lambda x: run(prog, (x,)), *xs)
+    assert _tape_is_scalar(tape) == (shape is None)
+    points = [(one(v),) for v in (0.5, -1.0, 2.0, -0.25, 0.5)]
+    counts = check_batched(tape, points, [1, 3])
+    assert counts == {"batched_rows": 5, "batched_branch_rows": 2}
+    with pytest.raises(AssertionError, match="IF steps change at rows"):
+        check_batched(tape, points, [1])
+
+
+def _tape_is_scalar(tape) -> bool:
+    from adcore import _tape
+    return bool(_tape._batch_scalar_ok(tape))
+
+
+class _OffByOneUlp:
+    """A tape whose batched method ``wrong`` is one ulp off in one row."""
+
+    def __init__(self, tape, wrong):
+        self.tape, self.wrong = tape, wrong
+
+    def __getattr__(self, name):
+        method = getattr(self.tape, name)
+        if name != self.wrong:
+            return method
+
+        def off(*a, **k):
+            res = method(*a, **k)
+            block = (res[0] if isinstance(res, tuple) and k.get("on_branch_change") == "mask"
+                     else res)
+            block = block[0] if isinstance(block, tuple) else block
+            block.reshape(-1)[-1] = np.nextafter(block.reshape(-1)[-1], np.inf)
+            return res
+        return off
+
+    def __call__(self, *a):
+        return self.tape(*a)
+
+
+@pytest.mark.parametrize("wrong", BATCHED)
+def test_the_batched_checker_catches_one_ulp(wrong):
+    f = lambda x, y: adcore.sin(x) * y  # noqa: E731
+    tape = adcore.record(f, 0.5, 2.0)
+    points = [(0.5, 2.0), (1.0, -1.0), (0.25, 3.0)]
+    assert check_batched(tape, points)["batched_rows"] == 3
+    with pytest.raises(AssertionError, match="not bitwise equal"):
+        check_batched(_OffByOneUlp(tape, wrong), points)
+
+
+def test_the_stacked_rows_checker_catches_a_wrong_row():
+    f = lambda x: adcore.sin(x) * np.array([1.0, 2.0])  # noqa: E731
+    x = np.array([0.5, -1.0])
+    tape = adcore.record(f, x)
+    jt = [np.asarray(tape.jacobian(x))]
+    check_stacked_rows(f, (x,), tape, jt, 2)
+    wrong = [jt[0] * (1 + 1e-12)]
+    with pytest.raises(AssertionError, match="jacobian_rows"):
+        check_stacked_rows(f, (x,), tape, wrong, 2)
+    inf = [np.where(jt[0] != 0, np.inf, 0.0)]
+    with pytest.raises(AssertionError, match="non-finite entries differ"):
+        check_stacked_rows(f, (x,), tape, inf, 2)
 
 
 def test_the_checker_catches_a_wrong_derivative():
