@@ -249,6 +249,10 @@ class _Layout:
                                       f"got {_describe(x)}")
             return [x._data]
         if self.kind == "leaf":
+            t = type(x)
+            if (t is TapeArray or t is DualArray or (t is np.ndarray and x.dtype.kind in "fiub")) \
+                    and x.shape == self.shape:
+                return [x]  # the common case, quickly
             shape = _leaf_shape(x, self.where)
             if shape != self.shape:
                 raise ValueError(f"{self.where}: expected shape {self.shape}, got {shape}")
@@ -275,6 +279,9 @@ class _Layout:
 
     def flatten(self, x: Any) -> Any:
         """A 1-D buffer of x's values: float64 when plain, else an adcore array."""
+        if (self.kind == "leaf" and type(x) is np.ndarray and x.dtype == np.float64
+                and x.shape == self.shape):
+            return x.reshape(-1)
         return _concat([_as_buffer(p) for p in self.pieces(x)])
 
     @property
