@@ -369,3 +369,19 @@ def test_partial_reach_through_element_wise(m):
 
     ref = check(f, RNG.standard_normal(50))
     assert np.all(ref[0] == 3.0)
+
+
+def test_forward_shortcut_active_left_factor(monkeypatch):
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((20, 16))
+    Bm = rng.standard_normal((16, 12))
+
+    def f(a):
+        return adcore.tanh(adcore.matmul(adcore.sin(a), Bm))
+
+    fast = np.asarray(adcore.jacobian(f, mode="forward")(A))
+    monkeypatch.setattr(array_ops, "_worth_a_look", lambda *a: False)
+    dense = np.asarray(adcore.jacobian(f, mode="forward")(A))
+    assert fast.shape == (20, 12, 20, 16)
+    assert fast.tobytes() == dense.tobytes()
+    same(fast, np.asarray(adcore.jacobian(f, mode="reverse")(A)), rtol=1e-12)
