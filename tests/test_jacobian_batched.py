@@ -224,6 +224,17 @@ def test_driver_dict_input():
     K = adcore.jacobian(f, mode="forward")(p)
     assert J == K
     assert J[1, "a"] == pytest.approx(np.cos(0.7))
+    per_row = adcore.reverse.jacrev(f)(p)          # one sweep per output
+    for i, row in enumerate(per_row):
+        for key in ("a", "b"):
+            assert J[i, key] == row[key]
+    # arrays under keys: the coordinates are (key, index)
+    q = {"u": np.array([0.3, -0.8]), "v": np.array([[1.5]])}
+    g = lambda q: adcore.sin(q["u"]) * q["v"][0, 0]    # noqa: E731
+    Jq = adcore.jacobian(g, mode="reverse")(q)
+    assert Jq == adcore.jacobian(g, mode="forward")(q)
+    rows = adcore.reverse.jacrev(g)(q)
+    same(np.asarray(Jq), np.concatenate([rows["u"], rows["v"].reshape(2, 1)], axis=1))
 
 
 def test_driver_vector_named():
