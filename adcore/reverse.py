@@ -302,36 +302,27 @@ def vjp(f: Callable, *primals: Any):
 
 
 def _jacobian(tape: Tape, groups, out_td, out_leaves, rp=None):
-    """One reverse sweep per output element; outer structure = outputs, inner = inputs."""
+    """All output elements in one stacked reverse sweep (Tape.jacobian_rows);
+    outer structure = outputs, inner = inputs."""
+    in_leaves = [leaf for _, info in groups for leaf in info]
+    J = tape.jacobian_rows(out_leaves, in_leaves, _work=rp)
     per_out = []
+    r = 0
     for kind, ref in out_leaves:
-        oshape = () if kind == "c" else tape.shape_of(ref)
+        oshape = () if kind == "c" else tuple(tape.shape_of(ref))
         size = int(np.prod(oshape, dtype=np.int64))
-        inner = []
+        rows = J[r:r + size]
+        r += size
+        c = 0
+        built = []
         for td, info in groups:
             leaves = []
             for slot, shape, dt in info:
                 ishape = () if shape is None else tuple(shape)
-                leaves.append(np.zeros((size,) + ishape, dtype=np.dtype(dt)))
-            inner.append(leaves)
-        if kind != "c":
-            for e in range(size):
-                if oshape:
-                    seed = np.zeros(size)
-                    seed[e] = 1.0
-                    seed = seed.reshape(oshape)
-                else:
-                    seed = 1.0
-                adj = tape.backward({ref: seed}, _work=rp)
-                for gi, (td, info) in enumerate(groups):
-                    for li, (slot, shape, dt) in enumerate(info):
-                        inner[gi][li][e] = adj[slot] if shape is None else adj.array(slot, shape)
-        built = []
-        for gi, (td, info) in enumerate(groups):
-            leaves = []
-            for li, (slot, shape, dt) in enumerate(info):
-                ishape = () if shape is None else tuple(shape)
-                block = inner[gi][li].reshape(tuple(oshape) + ishape)
+                n = int(np.prod(ishape, dtype=np.int64))
+                # np.array: a contiguous block of its own per leaf
+                block = np.array(rows[:, c:c + n], dtype=_dtype(dt)).reshape(oshape + ishape)
+                c += n
                 leaves.append(float(block) if block.ndim == 0 else block)
             built.append(unflatten(td, leaves))
         per_out.append(built)
@@ -339,7 +330,8 @@ def _jacobian(tape: Tape, groups, out_td, out_leaves, rp=None):
 
 
 def jacrev(f: Callable, argnums: Union[int, Sequence[int]] = 0) -> Callable:
-    """The Jacobian by reverse mode: one recording, one reverse sweep per output element.
+    """The Jacobian by reverse mode: one recording, one stacked reverse sweep for all
+    output elements (Tape.jacobian_rows).
 
     For an output leaf of shape S and an input leaf of shape T the block has shape S + T.
     The result has the output's structure, each leaf holding the inputs' structure.
