@@ -371,9 +371,11 @@ cdef class Tape:
     cdef public object out_tree
     cdef public list out_leaves     # per output leaf: ("s"|"a", slot) or ("c", float)
     cdef public object flat_args    # the quick replay layout (reverse._plan), cached
+    cdef dict leads                 # frozenset of input slots -> bytes: slot leads to them
 
     def __cinit__(self):
         self.pool = []
+        self.leads = {}
         self.cap = 64
         self.ins = <Instr*>malloc(self.cap * sizeof(Instr))
         self.val = <double*>malloc(self.cap * sizeof(double))
@@ -497,15 +499,26 @@ cdef class Tape:
     cdef inline void mark_checked(self, Py_ssize_t slot):
         self.ins[slot].flags |= F_CHECK
 
-    def input(self, value, name="input"):
-        """A new input: a handle for a float or a float32/float64 array."""
+    def input(self, value, name="input", bint copy=True):
+        """A new input: a handle for a float or a float32/float64 array.
+
+        The tape keeps an array's value for its reverse sweep, so by default it
+        keeps a copy (a write to the caller's array while recording, e.g. through
+        a closure, would otherwise make the gradient silently wrong).  With
+        ``copy=False`` it keeps a read-only view: only for a caller that owns the
+        array and never writes it while the tape is in use.  An array that had to
+        be converted (integers, another float type, not C-contiguous) is a new
+        one either way and is not copied again."""
         if not self.recording:
             raise TapeError("this tape is not recording: call start() first")
         if _is_number(value):
             v = float(value)
             return self._scalar(self._push(K_INPUT, 0, -1, -1, -1, v), v)
         if isinstance(value, np.ndarray):
-            a = _float_array(value, name).copy()
+            a = _float_array(value, name)
+            if a is value or a.base is not None:
+                # the caller's memory (np.asarray of a subclass is a view of it)
+                a = a.copy() if copy else a.view()
             a.flags.writeable = False
             return self._array(("input", a.shape, a.dtype.str), a, False)
         raise TypeError(f"{name}: cannot differentiate with respect to a {type(value).__name__}")
@@ -874,7 +887,7 @@ cdef class Tape:
         return 0
 
     cdef int _array_reverse(self, Py_ssize_t s, double* w, dict wa, double* adj,
-                            dict aadj, dict abufs) except -1:
+                            dict aadj, dict abufs, const unsigned char* lead) except -1:
         cdef EwArg e[3]
         cdef EwArgF ef[3]
         cdef int k, op, ar
@@ -883,6 +896,8 @@ cdef class Tape:
         cdef const double* pg
         cdef const float* pof
         cdef const float* pgf
+        if lead != NULL and not lead[s]:
+            return 0        # nothing wanted is reached from here
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
         if kind in ("input", "const"):
@@ -897,6 +912,8 @@ cdef class Tape:
                 return 0
         if kind == "bcast":
             src = desc[1]
+            if not self._needs(src, lead):
+                return 0
             target = wa[src].shape
             red = g
             extra = red.ndim - len(target)
@@ -922,7 +939,7 @@ cdef class Tape:
                 self._ew_args(refs, e, w, wa, keep, n)
             for k in range(ar):
                 kind2, ref = refs[k]
-                if kind2 == "a" and self._needs(ref):
+                if kind2 == "a" and self._needs(ref, lead):
                     ga = aadj.get(ref)
                     if ga is None:
                         # adjoints keep the dtype of their value
@@ -940,7 +957,7 @@ cdef class Tape:
                         ef[k].g = <float*>_ptr(ga)
                     else:
                         e[k].g = <double*>_ptr(ga)
-                elif kind2 == "s" and self._needs(ref):
+                elif kind2 == "s" and self._needs(ref, lead):
                     if f32:
                         ef[k].gs = &adj[<Py_ssize_t>ref]
                     else:
@@ -976,7 +993,7 @@ cdef class Tape:
                     xs.append(w[<Py_ssize_t>ref])
                 else:
                     xs.append(ref)
-                needs.append(kind2 != "c" and self._needs(ref))
+                needs.append(kind2 != "c" and self._needs(ref, lead))
             if prim.differentiable is not None:
                 needs = [nd and i in prim.differentiable for i, nd in enumerate(needs)]
             if not any(needs):
@@ -995,21 +1012,31 @@ cdef class Tape:
                 else:
                     # _acc_array stores it in the dtype of its value
                     ct = np.asarray(cts[k])
-                    if ct.shape != wa[ref].shape:
+                    v = wa[ref]
+                    if ct.shape != v.shape:
                         raise ValueError(f"primitive {prim.name}: vjp returned a cotangent of "
                                          f"shape {ct.shape} for an input of shape "
-                                         f"{wa[ref].shape}")
-                    self._acc_array(ref, ct, aadj, wa, abufs)
+                                         f"{v.shape}")
+                    if (type(ct) is np.ndarray and ct.base is None and ct.dtype is v.dtype
+                            and ct.flags.owndata and ct.flags.writeable
+                            and ct.flags.c_contiguous and ref not in aadj
+                            and _fresh_of(ct, g, xs, cts, k)):
+                        # an array the rule made for us: it becomes the adjoint (no copy)
+                        aadj[ref] = ct
+                    else:
+                        self._acc_array(ref, ct, aadj, wa, abufs)
         return 0
 
     cdef inline bint _is_array(self, Py_ssize_t slot):
         # slot is in range (checked by the caller)
         return self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR)
 
-    cdef inline bint _needs(self, Py_ssize_t slot):
-        # constants never need adjoints
+    cdef inline bint _needs(self, Py_ssize_t slot, const unsigned char* lead):
+        # constants never need adjoints, nor slots that lead to no wanted input
         cdef int op = self.ins[slot].op
         if op == K_CONST:
+            return False
+        if lead != NULL and not lead[slot]:
             return False
         if op == K_ARRAY:
             return self.aux[self.ins[slot].a0][0] != "const"
@@ -1052,7 +1079,8 @@ cdef class Tape:
         else:
             ga += ct
 
-    cdef int _reverse(self, double* w, dict wa, double* adj, dict aadj, dict abufs) except -1:
+    cdef int _reverse(self, double* w, dict wa, double* adj, dict aadj, dict abufs,
+                      const unsigned char* lead) except -1:
         cdef Py_ssize_t hi = self.n, s
         cdef list slots = self.array_slots
         cdef Py_ssize_t k
@@ -1061,19 +1089,26 @@ cdef class Tape:
             with nogil:
                 reverse_scalars(self.ins, w, adj, s + 1, hi)
             if s >= 0:
-                self._array_reverse(s, w, wa, adj, aadj, abufs)
+                self._array_reverse(s, w, wa, adj, aadj, abufs, lead)
             hi = s
         return 0
 
-    def backward(self, seeds, bint replayed=False, _work=None):
-        """Adjoints of every slot for the cotangents ``seeds`` {slot: float or array}.
+    def backward(self, seeds, bint replayed=False, _work=None, wrt=None):
+        """Adjoints for the cotangents ``seeds`` {slot: float or array}.
 
-        Returns an ``Adjoints`` object; reads the recorded values (or a replay's)."""
+        Returns an ``Adjoints`` object; reads the recorded values (or a replay's).
+        ``wrt`` (input slots, a frozenset is cheapest) limits the sweep to what
+        leads to them: only the adjoints of those slots are then complete."""
         if self.recording:
             raise TapeError("the recording has not finished")
         cdef Adjoints out
         cdef Replay rp = None
         cdef double* w = self.val
+        cdef const unsigned char* plead = NULL
+        lead = None
+        if wrt is not None:
+            lead = self._lead_to(wrt if type(wrt) is frozenset else frozenset(wrt))
+            plead = <const unsigned char*>(<bytes>lead)
         wa = self.avals
         abufs = None
         if _work is not None:
@@ -1097,10 +1132,59 @@ cdef class Tape:
             out.aadj = {}
             if abufs is not None:
                 rp.adjs = out
+        out.abufs = abufs
         for slot, g in seeds.items():
             self._seed(out, slot, g, wa, abufs)
-        self._reverse(w, wa, out.adj, out.aadj, abufs)
+        self._reverse(w, wa, out.adj, out.aadj, abufs, plead)
         return out
+
+    cdef bytes _lead_to(self, frozenset wrt):
+        """Per slot 1 if it leads to a slot of wrt (is one, or a differentiable
+        operand leads to one), else 0: a sweep for wrt skips the rest.  Cached
+        per set (a finished tape never changes)."""
+        got = self.leads.get(wrt)
+        if got is not None:
+            return <bytes>got
+        cdef Py_ssize_t n = self.n, i, t
+        cdef int op, ar
+        cdef Instr* e
+        buf = bytearray(n if n else 1)
+        cdef unsigned char[::1] lead = buf
+        for t in wrt:
+            if t < 0 or t >= n:
+                raise IndexError(f"wrt slot {t} out of range")
+            lead[t] = 1
+        for i in range(n):
+            if lead[i]:
+                continue
+            e = &self.ins[i]
+            op = e.op
+            if op < N_RULES:
+                # argument slots are < i (checked for loaded tapes)
+                ar = RULE_ARITY[op]
+                if e.flags & (F_CKX | F_CKY):
+                    lead[i] = lead[e.a0]
+                else:
+                    lead[i] = (lead[e.a0] or (ar > 1 and lead[e.a1])
+                               or (ar > 2 and lead[e.a2]))
+            elif op == K_ARRAY:
+                desc = self.aux[e.a0]
+                kind = desc[0]
+                if kind == "bcast":
+                    lead[i] = lead[<Py_ssize_t>desc[1]]
+                elif kind == "ew" or kind == "prim":
+                    refs = desc[2] if kind == "ew" else desc[3]
+                    diff = desc[1].differentiable if kind == "prim" else None
+                    for k in range(len(refs)):
+                        kind2, ref = refs[k]
+                        if kind2 != "c" and (diff is None or k in diff) and lead[<Py_ssize_t>ref]:
+                            lead[i] = 1
+                            break
+        got = bytes(buf)
+        if len(self.leads) >= 16:
+            self.leads.clear()
+        self.leads[wrt] = got
+        return <bytes>got
 
     cdef _seed(self, Adjoints out, Py_ssize_t slot, object g, dict wa, dict abufs):
         if slot < 0 or slot >= self.n:
@@ -1176,6 +1260,7 @@ cdef class Tape:
                 NC += wa[slot].size
         if M == 0 or NC == 0:
             return np.zeros((M, NC))
+        lead = self._lead_to(frozenset([i[0] for i in ins]))
         per_row = N
         for v in wa.values():
             per_row += v.size
@@ -1187,7 +1272,7 @@ cdef class Tape:
             if adj == NULL:
                 raise MemoryError()
             try:
-                part = self._rows_block(w, wa, adj, r0, r1, outs, ins, NC)
+                part = self._rows_block(w, wa, adj, r0, r1, outs, ins, NC, lead)
             finally:
                 free(adj)
             if r1 - r0 == M:
@@ -1198,7 +1283,7 @@ cdef class Tape:
         return J
 
     cdef object _rows_block(self, double* w, dict wa, double* adj, Py_ssize_t r0,
-                            Py_ssize_t r1, list outs, list ins, Py_ssize_t NC):
+                            Py_ssize_t r1, list outs, list ins, Py_ssize_t NC, bytes lead):
         """Rows r0..r1-1 of jacobian_rows as a (r1 - r0, NC) array: seed, one stacked
         sweep, read off."""
         cdef Py_ssize_t B = r1 - r0, N = self.n, off = 0, r, slot, size, col = 0, b
@@ -1227,7 +1312,7 @@ cdef class Tape:
                         seeded[lo - r0:hi - r0] = True
                         _mark(areach, slot, seeded)
             off += size
-        self._reverse_rows(w, wa, adj, B, aadj, areach)
+        self._reverse_rows(w, wa, adj, B, aadj, areach, <const unsigned char*>lead)
         if len(ins) == 1 and ins[0][1] is not None:
             # one array input: its stacked adjoint is the block (ours, handed out)
             ga = aadj.get(ins[0][0])
@@ -1261,7 +1346,7 @@ cdef class Tape:
         return ga
 
     cdef int _reverse_rows(self, double* w, dict wa, double* adj, Py_ssize_t B,
-                           dict aadj, dict areach) except -1:
+                           dict aadj, dict areach, const unsigned char* lead) except -1:
         cdef Py_ssize_t hi = self.n, s, b, N = self.n
         cdef list slots = self.array_slots
         cdef Py_ssize_t k
@@ -1272,12 +1357,13 @@ cdef class Tape:
                     for b in range(B):
                         reverse_scalars(self.ins, w, adj + b * N, s + 1, hi)
             if s >= 0:
-                self._array_reverse_rows(s, w, wa, adj, B, aadj, areach)
+                self._array_reverse_rows(s, w, wa, adj, B, aadj, areach, lead)
             hi = s
         return 0
 
     cdef int _array_reverse_rows(self, Py_ssize_t s, double* w, dict wa, double* adj,
-                                 Py_ssize_t B, dict aadj, dict areach) except -1:
+                                 Py_ssize_t B, dict aadj, dict areach,
+                                 const unsigned char* lead) except -1:
         """_array_reverse for a stack of B cotangents (row b's scalar adjoints at
         adj + b * n).  ``rows`` says which rows' own sweeps reach slot s: None for
         all, else a bool array; the other rows' cotangents are zero and go nowhere."""
@@ -1300,6 +1386,8 @@ cdef class Tape:
         cdef bint f32c
         po = NULL
         pof = NULL
+        if lead != NULL and not lead[s]:
+            return 0        # reaches no input of the Jacobian
         desc = self.aux[self.ins[s].a0]
         kind = desc[0]
         if kind == "input" or kind == "const":
@@ -1321,6 +1409,8 @@ cdef class Tape:
             rows = areach[s]
         if kind == "bcast":
             src = desc[1]
+            if not self._needs(src, lead):
+                return 0
             target = wa[src].shape
             red = G
             extra = red.ndim - 1 - len(target)
@@ -1366,7 +1456,7 @@ cdef class Tape:
             scalars = []    # (operand, scalar slot)
             for k in range(ar):
                 kind2, ref = refs[k]
-                if kind2 == "a" and self._needs(ref):
+                if kind2 == "a" and self._needs(ref, lead):
                     fresh = once and ref not in aadj
                     ga = self._rows_adj(ref, B, wa, aadj, not fresh)
                     _mark(areach, ref, rows)
@@ -1378,7 +1468,7 @@ cdef class Tape:
                     if ga.size != B * n:
                         raise TapeError("element-wise adjoint does not fit its operand")
                     arrays.append((k, ga, fresh))
-                elif kind2 == "s" and self._needs(ref):
+                elif kind2 == "s" and self._needs(ref, lead):
                     scalars.append((k, <Py_ssize_t>ref))
             if not f32:
                 od = out if out.dtype is _f64 else _contig(out, np.float64)
@@ -1459,7 +1549,7 @@ cdef class Tape:
                     xs.append(w[<Py_ssize_t>ref])
                 else:
                     xs.append(ref)
-                needs.append(kind2 != "c" and self._needs(ref))
+                needs.append(kind2 != "c" and self._needs(ref, lead))
             if prim.differentiable is not None:
                 needs = [nd and i in prim.differentiable for i, nd in enumerate(needs)]
             if not any(needs):
@@ -1634,9 +1724,12 @@ cdef class Tape:
         """The function's value at new arguments (replaying the recording)."""
         return _reverse_module()._tape_call(self, args)
 
-    def gradient(self, *args):
-        """The gradient of the (scalar) output at new arguments, by replay."""
-        return _reverse_module()._tape_gradient(self, args)
+    def gradient(self, *args, argnums=None):
+        """The gradient of the (scalar) output at new arguments, by replay: for
+        every argument (a tuple of them for several), or only for ``argnums`` (an
+        int: that argument's gradient; a tuple: a tuple), and then the reverse
+        sweep skips what leads only to the other arguments."""
+        return _reverse_module()._tape_gradient(self, args, argnums)
 
     def jacobian(self, *args):
         """The Jacobian of the outputs at new arguments, by replay."""
@@ -1736,6 +1829,20 @@ cdef class Tape:
         return f"<adcore Tape: {self.n} instructions, {len(self.array_slots)} array, {state}>"
 
 
+cdef bint _fresh_of(object ct, object g, list xs, object cts, Py_ssize_t k):
+    """ct is neither the incoming cotangent, nor an operand value, nor another
+    cotangent of the same vjp call (one array must never be two adjoints)."""
+    if ct is g:
+        return False
+    for x in xs:
+        if ct is x:
+            return False
+    for j in range(len(cts)):
+        if j != k and cts[j] is ct:
+            return False
+    return True
+
+
 cdef object _reverse_mod = None
 
 
@@ -1781,9 +1888,25 @@ cdef class Adjoints:
     cdef double* adj
     cdef Py_ssize_t n
     cdef dict aadj
+    cdef dict abufs      # the pooled workspace's adjoint buffers (None: one-off)
 
     def __dealloc__(self):
         free(self.adj)
+
+    def take(self, Py_ssize_t slot, shape, dtype):
+        """The adjoint of array slot in dtype, handed over to the caller: a pooled
+        buffer leaves the pool (the next sweep allocates a new one), so it is
+        never overwritten; zeros when the sweep did not reach slot."""
+        dt = np.dtype(dtype)
+        g = self.aadj.get(slot)
+        if g is None:
+            return np.zeros(shape, dt)
+        if self.abufs is not None and self.abufs.get(slot) is g:
+            del self.abufs[slot]
+        if g.dtype != dt:
+            return g.astype(dt)
+        # array() after take still gives the adjoint: this same array, now the caller's
+        return g
 
     def __getitem__(self, Py_ssize_t slot):
         if slot < 0 or slot >= self.n:

@@ -163,18 +163,21 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
 
 
 def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
-    """The gradient of each differentiated argument, in its own structure (copies of
-    the adjoint arrays with ``copy``: a pooled replay's buffers are reused)."""
+    """The gradient of each differentiated argument, in its own structure (with
+    ``copy`` the adjoint arrays are handed over, Adjoints.take: a pooled replay's
+    buffers are reused otherwise)."""
     result = []
     for td, info in rec.groups:
         leaves = []
         for slot, shape, dt in info:
             if shape is None:
                 leaves.append(0.0 if adj is None else adj[slot])
+            elif adj is None:
+                leaves.append(np.zeros(shape, _dtype(dt)))
+            elif copy:
+                leaves.append(adj.take(slot, shape, _dtype(dt)))
             else:
-                g = np.zeros(shape) if adj is None else adj.array(slot, shape)
-                leaves.append(np.array(g, dtype=_dtype(dt)) if copy
-                              else np.asarray(g, dtype=_dtype(dt)))
+                leaves.append(np.asarray(adj.array(slot, shape), dtype=_dtype(dt)))
         result.append(_rebuild(td, iter(leaves)))
     return result
 
@@ -579,25 +582,33 @@ def _groups_of(tape: Tape, nargs: int):
     return groups
 
 
-def _tape_gradient(tape: Tape, args) -> Any:
+def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
+    nums = None
+    if argnums is not None:
+        if tape.in_tree is None:
+            raise TapeError("only tapes made by adcore.record can be replayed")
+        nums = _argnums(argnums, len(tape.in_tree.children))
     rp = tape._replay_pooled(_replay_inputs(tape, args))
     try:
-        return _gradient_of(tape, args, rp)     # copies: the workspace is reused
+        return _gradient_of(tape, args, rp, argnums, nums)   # hands over: the workspace is reused
     finally:
         tape._release(rp)
 
 
 def _leaf_grad(adj, spec):
-    """One input leaf's gradient, a copy (a pooled workspace's buffers are reused)."""
+    """One input leaf's gradient, the caller's own array (Adjoints.take: a pooled
+    workspace's buffer leaves the pool, so the next sweep cannot overwrite it)."""
     slot, shape, dt = spec
     if shape is None:
         return 0.0 if adj is None else adj[slot]
     if adj is None:
         return np.zeros(shape, _dtype(dt))
-    return adj.array(slot, shape).astype(_dtype(dt))    # astype copies
+    return adj.take(slot, shape, _dtype(dt))
 
 
-def _gradient_of(tape: Tape, args, rp) -> Any:
+def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
+    """The gradient for every argument (nums None), or for the arguments nums only
+    (then the sweep skips what leads only to the others)."""
     if len(tape.out_leaves) != 1:
         raise TypeError("Tape.gradient needs a recorded function with one scalar output "
                         "(use Tape.jacobian)")
@@ -605,15 +616,20 @@ def _gradient_of(tape: Tape, args, rp) -> Any:
     if kind == "a" and tape.shape_of(ref) != ():
         raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
                         f"{tape.shape_of(ref)} (use Tape.jacobian)")
+    wrt = None
+    if nums is not None:
+        groups = _groups_of(tape, len(args))
+        wrt = frozenset([sp[0] for i in nums for sp in groups[i][1]])
     plan = _plan(tape)
     if plan is not None and len(plan) == len(args):
         # quick layout: no tree walk
         if kind == "c":
             adj = None
         else:
-            adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp)
+            adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp,
+                                wrt=wrt)
         grads = []
-        for p in plan:
+        for p in (plan if nums is None else [plan[i] for i in nums]):
             if p[0] == "seq":
                 grads.append(p[1](p[3](adj)) if adj is not None
                              else p[1]([0.0] * len(p[2])))
@@ -621,15 +637,25 @@ def _gradient_of(tape: Tape, args, rp) -> Any:
                 grads.append(_rebuild(p[1], iter([_leaf_grad(adj, sp) for sp in p[2]])))
             else:
                 grads.append(_leaf_grad(adj, p[1]))
-        return grads[0] if len(grads) == 1 else tuple(grads)
+        return _pick(grads, argnums)
     groups = _groups_of(tape, len(args))
+    if nums is not None:
+        groups = [groups[i] for i in nums]
     rec = _Recording(tape, groups, None)
     if kind == "c":
         grads = _grads(rec, None)
     else:
         seed = np.ones(()) if kind == "a" else 1.0
-        grads = _grads(rec, tape.backward({ref: seed}, _work=rp), copy=True)
-    return grads[0] if len(grads) == 1 else tuple(grads)
+        grads = _grads(rec, tape.backward({ref: seed}, _work=rp, wrt=wrt), copy=True)
+    return _pick(grads, argnums)
+
+
+def _pick(grads: list, argnums) -> Any:
+    """argnums None: one gradient per argument (the gradient itself for one); an
+    int: that gradient; a sequence: a tuple."""
+    if argnums is None:
+        return grads[0] if len(grads) == 1 else tuple(grads)
+    return grads[0] if isinstance(argnums, int) else tuple(grads)
 
 
 def _tape_jacobian(tape: Tape, args) -> Any:

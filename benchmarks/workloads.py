@@ -922,14 +922,16 @@ def sgd_adcore_replay(ctx):
             fixed = True
 
         def step():
-            g = tape.gradient(params) if fixed else tape.gradient(params, x, y)[0]
+            # argnums=0: the parameters' gradient only, as jax.grad and torch give
+            # it (the batch's is never computed)
+            g = tape.gradient(params) if fixed else tape.gradient(params, x, y, argnums=0)
             opt.step(params, g)
             return params
         return step, fixed
 
     probe, _ = stepper(copy_params(ctx["params"]))
     step, fixed = stepper(copy_params(ctx["params"]))
-    note = "record once, tape.gradient + nn.optim.SGD"
+    note = "record once, tape.gradient(argnums=0) + nn.optim.SGD"
     if fixed:
         note += " (the batch is fixed at recording: record(loss, params, x, y) failed)"
     return Case(step, probe=lambda: _layers_of(probe()), note=note)
