@@ -372,6 +372,7 @@ cdef class Tape:
     cdef public list out_leaves     # per output leaf: ("s"|"a", slot) or ("c", float)
     cdef public object flat_args    # the quick replay layout (reverse._plan), cached
     cdef dict leads                 # frozenset of input slots -> bytes: slot leads to them
+    cdef list xaux                  # per primitive in aux: what its sweeps need (_prim_plan)
 
     def __cinit__(self):
         self.pool = []
@@ -794,6 +795,26 @@ cdef class Tape:
                            out, False)
 
     # -- sweeps ------------------------------------------------------------
+    cdef tuple _prim_plan(self, Py_ssize_t k):
+        """aux[k] (a primitive) as its sweeps use it, worked out once per finished
+        tape: (params dict, per operand differentiable (not a constant, in
+        prim.differentiable), result shape or None, result dtype or None)."""
+        cdef list xa = self.xaux
+        if xa is None or len(xa) != len(self.aux):
+            xa = [None] * len(self.aux)
+            self.xaux = xa
+        p = xa[k]
+        if p is None:
+            desc = self.aux[k]
+            diff = desc[1].differentiable
+            flags = []
+            for i, r in enumerate(desc[3]):
+                flags.append(bool(r[0] != "c") and bool(diff is None or i in diff))
+            p = xa[k] = (dict(desc[2]), tuple(flags),
+                         None if desc[4] is None else tuple(desc[4]),
+                         None if desc[5] is None else np.dtype(desc[5]))
+        return <tuple>p
+
     cdef object _value_of(self, Py_ssize_t slot, double* vals, dict arrays):
         if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
             return arrays[slot]
@@ -824,7 +845,8 @@ cdef class Tape:
             self._ew_run(desc[1], desc[2], out, w, wa)
             wa[s] = out
         else:
-            prim, params, refs = desc[1], dict(desc[2]), desc[3]
+            plan = self._prim_plan(self.ins[s].a0)
+            prim, refs = desc[1], desc[3]
             xs = []
             for kind2, ref in refs:
                 if kind2 == "a":
@@ -833,19 +855,22 @@ cdef class Tape:
                     xs.append(w[<Py_ssize_t>ref])
                 else:
                     xs.append(ref)
-            out = prim.value(*xs, **params)
-            if desc[4] is None:
+            out = prim.value(*xs, **plan[0])
+            if plan[2] is None:
                 if np.ndim(out) != 0:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
                                              f"shape {np.shape(out)} on replay, a scalar when recorded")
                 w[s] = float(out)
             else:
-                out = np.asarray(out)
-                if out.shape != tuple(desc[4]):
+                if type(out) is not np.ndarray:
+                    out = np.asarray(out)
+                if out.shape != plan[2]:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
-                                             f"shape {out.shape} on replay, {tuple(desc[4])} "
+                                             f"shape {out.shape} on replay, {plan[2]} "
                                              "when recorded")
-                wa[s] = _contig(out, np.dtype(desc[5]))
+                if out.dtype is not plan[3] or not out.flags.c_contiguous:
+                    out = _contig(out, plan[3])
+                wa[s] = out
         if self.ins[s].flags & F_CHECK:
             if self.ins[s].flags & F_SCALAR:
                 if not same_value(w[s], self.val[s]):
@@ -983,9 +1008,12 @@ cdef class Tape:
             for ga, tmp in later:
                 ga += tmp.reshape(ga.shape)
         else:
-            prim, params, refs = desc[1], dict(desc[2]), desc[3]
+            plan = self._prim_plan(self.ins[s].a0)
+            prim, refs, diff = desc[1], desc[3], plan[1]
+            needs = [diff[k] and self._needs(refs[k][1], lead) for k in range(len(refs))]
+            if not any(needs):
+                return 0
             xs = []
-            needs = []
             for kind2, ref in refs:
                 if kind2 == "a":
                     xs.append(wa[ref])
@@ -993,13 +1021,8 @@ cdef class Tape:
                     xs.append(w[<Py_ssize_t>ref])
                 else:
                     xs.append(ref)
-                needs.append(kind2 != "c" and self._needs(ref, lead))
-            if prim.differentiable is not None:
-                needs = [nd and i in prim.differentiable for i, nd in enumerate(needs)]
-            if not any(needs):
-                return 0
             out = w[s] if self.ins[s].flags & F_SCALAR else wa[s]
-            cts = prim.vjp(g, xs, out, needs, **params)
+            cts = prim.vjp(g, xs, out, needs, **plan[0])
             if len(cts) != len(refs):
                 raise ValueError(f"primitive {prim.name}: vjp returned {len(cts)} cotangents "
                                  f"for {len(refs)} inputs")
