@@ -47,6 +47,12 @@ cdef enum:
 
 MAX_SLOTS = 2147483000
 
+# Below these sizes a C loop runs with the GIL held: letting it go and taking it
+# back costs more than the loop (other threads lose little)
+cdef enum:
+    NOGIL_MIN_SCALARS = 256
+    NOGIL_MIN_ELEMENTS = 4096
+
 cdef struct Instr:
     int16_t op
     uint16_t flags
@@ -748,13 +754,19 @@ cdef class Tape:
         if out.dtype is _f32:
             self._ew_args_f32(refs, ef, vals, arrays, keep, n)
             pf = <float*>_ptr(out)
-            with nogil:
+            if n >= NOGIL_MIN_ELEMENTS:
+                with nogil:
+                    ew_value_f32(op, ef, pf, n)
+            else:
                 ew_value_f32(op, ef, pf, n)
             return 0
         self._ew_args(refs, e, vals, arrays, keep, n)
         res = out if out.dtype is _f64 else np.empty(out.shape, np.float64)
         cdef double* po = <double*>_ptr(res)
-        with nogil:
+        if n >= NOGIL_MIN_ELEMENTS:
+            with nogil:
+                ew_value(op, e, po, n)
+        else:
             ew_value(op, e, po, n)
         if res is not out:
             out[...] = res
@@ -902,10 +914,15 @@ cdef class Tape:
         cdef Py_ssize_t m = len(slots)
         for k in range(m + 1):
             s = slots[k] if k < m else self.n
-            with nogil:
-                bad = forward_scalars(self.ins, self.val, w, lo, s)
-            if bad >= 0:
-                self._branch_error(bad, w[bad])
+            if s > lo:
+                # the GIL is let go only for stretches worth it (~0.1 us each way)
+                if s - lo >= NOGIL_MIN_SCALARS:
+                    with nogil:
+                        bad = forward_scalars(self.ins, self.val, w, lo, s)
+                else:
+                    bad = forward_scalars(self.ins, self.val, w, lo, s)
+                if bad >= 0:
+                    self._branch_error(bad, w[bad])
             if s < self.n:
                 self._array_forward(s, w, wa, bufs)
             lo = s + 1
@@ -995,7 +1012,10 @@ cdef class Tape:
             if f32:
                 pof = <const float*>_ptr(out)
                 pgf = <const float*>_ptr(gc)
-                with nogil:
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        ew_reverse_f32(op, ef, pof, pgf, n)
+                else:
                     ew_reverse_f32(op, ef, pof, pgf, n)
             else:
                 od = out if out.dtype is _f64 else _contig(out, np.float64)
@@ -1003,7 +1023,10 @@ cdef class Tape:
                     raise TapeError("element-wise cotangent does not fit its result")
                 po = <const double*>_ptr(od)
                 pg = <const double*>_ptr(gc)
-                with nogil:
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        ew_reverse(op, e, po, pg, n)
+                else:
                     ew_reverse(op, e, po, pg, n)
             for ga, tmp in later:
                 ga += tmp.reshape(ga.shape)
@@ -1109,8 +1132,12 @@ cdef class Tape:
         cdef Py_ssize_t k
         for k in range(len(slots) - 1, -2, -1):
             s = slots[k] if k >= 0 else -1
-            with nogil:
-                reverse_scalars(self.ins, w, adj, s + 1, hi)
+            if hi > s + 1:
+                if hi - s - 1 >= NOGIL_MIN_SCALARS:
+                    with nogil:
+                        reverse_scalars(self.ins, w, adj, s + 1, hi)
+                else:
+                    reverse_scalars(self.ins, w, adj, s + 1, hi)
             if s >= 0:
                 self._array_reverse(s, w, wa, adj, aadj, abufs, lead)
             hi = s
