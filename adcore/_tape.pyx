@@ -325,6 +325,8 @@ def _dtype_of(x):
 
 cdef object _f32 = np.dtype(np.float32)
 cdef object _f64 = np.dtype(np.float64)
+cdef str _F32_STR = _f32.str
+cdef str _F64_STR = _f64.str
 
 
 cdef inline bint _is_number(object x):
@@ -666,7 +668,10 @@ cdef class Tape:
             if isinstance(a, TapeArray):
                 s = (<TapeArray>a).slot
                 if (<TapeArray>a).shape != shape:
-                    b = np.ascontiguousarray(np.broadcast_to(self.avals[s], shape))
+                    # an assignment broadcasts (np.broadcast_to costs ~2 us)
+                    src = self.avals[s]
+                    b = np.empty(shape, src.dtype)
+                    b[...] = src
                     b.flags.writeable = False
                     s = (<TapeArray>self._array(("bcast", s, shape, b.dtype.str), b, False)).slot
                 refs.append(("a", s))
@@ -675,7 +680,9 @@ cdef class Tape:
             elif isinstance(a, np.ndarray) and a.ndim:
                 c = _float_array(a, RULE_NAMES[op])
                 if c.shape != shape:
-                    c = np.broadcast_to(c, shape)
+                    full = np.empty(shape, c.dtype)
+                    full[...] = c
+                    c = full
                 refs.append(("a", self._const_array(c)))
             else:
                 refs.append(("c", float(a)))
@@ -683,7 +690,7 @@ cdef class Tape:
         out = np.empty(shape, dtype)
         self._ew_run(op, refs, out, self.val, self.avals)
         out.flags.writeable = False
-        return self._array(("ew", op, refs, shape, dtype.str), out, False)
+        return self._array(("ew", op, refs, shape, _F64_STR if f64 else _F32_STR), out, False)
 
     cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
                       Py_ssize_t n) except -1:
@@ -846,7 +853,7 @@ cdef class Tape:
                 b = np.empty(desc[2], src.dtype)
                 if bufs is not None:
                     bufs[s] = b
-            np.copyto(b, np.broadcast_to(src, desc[2]))
+            b[...] = src            # broadcasts
             wa[s] = b
         elif kind == "ew":
             out = None if bufs is None else bufs.get(s)
@@ -988,7 +995,8 @@ cdef class Tape:
                         ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
                         # C-contiguous by construction: zero it in place
                         memset(_ptr(ga), 0, ga.nbytes)
-                    if ga.dtype is not rt or not ga.flags.c_contiguous:
+                    # adjoints are C-contiguous by construction (_ptr checks it)
+                    if ga.dtype is not rt:
                         # an operand of the other dtype: accumulate apart, add after
                         tmp = np.zeros(out.shape, rt)
                         later.append((ga, tmp))
@@ -1005,8 +1013,9 @@ cdef class Tape:
                     else:
                         e[k].g = &adj[<Py_ssize_t>ref]
             # _ptr demands C-contiguous buffers; copies only for other dtypes
-            gc = g if type(g) is np.ndarray and g.dtype is rt and g.flags.c_contiguous \
-                else _contig(g, rt)
+            # an array cotangent is an adjoint: C-contiguous by construction (_ptr
+            # checks it); copies only for other dtypes
+            gc = g if type(g) is np.ndarray and g.dtype is rt else _contig(g, rt)
             if gc.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
             if f32:
@@ -1310,7 +1319,6 @@ cdef class Tape:
                 NC += wa[slot].size
         if M == 0 or NC == 0:
             return np.zeros((M, NC))
-        lead = self._lead_to(frozenset([i[0] for i in ins]))
         per_row = N
         for v in wa.values():
             per_row += v.size
@@ -1322,7 +1330,7 @@ cdef class Tape:
             if adj == NULL:
                 raise MemoryError()
             try:
-                part = self._rows_block(w, wa, adj, r0, r1, outs, ins, NC, lead)
+                part = self._rows_block(w, wa, adj, r0, r1, outs, ins, NC)
             finally:
                 free(adj)
             if r1 - r0 == M:
@@ -1333,7 +1341,7 @@ cdef class Tape:
         return J
 
     cdef object _rows_block(self, double* w, dict wa, double* adj, Py_ssize_t r0,
-                            Py_ssize_t r1, list outs, list ins, Py_ssize_t NC, bytes lead):
+                            Py_ssize_t r1, list outs, list ins, Py_ssize_t NC):
         """Rows r0..r1-1 of jacobian_rows as a (r1 - r0, NC) array: seed, one stacked
         sweep, read off."""
         cdef Py_ssize_t B = r1 - r0, N = self.n, off = 0, r, slot, size, col = 0, b
@@ -1362,7 +1370,8 @@ cdef class Tape:
                         seeded[lo - r0:hi - r0] = True
                         _mark(areach, slot, seeded)
             off += size
-        self._reverse_rows(w, wa, adj, B, aadj, areach, <const unsigned char*>lead)
+        # every input of a tape is a Jacobian column: no slot to skip (NULL lead)
+        self._reverse_rows(w, wa, adj, B, aadj, areach, NULL)
         if len(ins) == 1 and ins[0][1] is not None:
             # one array input: its stacked adjoint is the block (ours, handed out)
             ga = aadj.get(ins[0][0])
