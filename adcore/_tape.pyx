@@ -704,14 +704,18 @@ cdef class Tape:
             e[k].p = &e[k].c
             if kind == "a":
                 arr = arrays[ref]
-                # the kernel reads n contiguous doubles: make sure of it
-                if (not isinstance(arr, np.ndarray) or arr.size != n
-                        or (arr.dtype != _f32 and arr.dtype != _f64)):
+                # the kernel reads n contiguous doubles: make sure of it (_ptr checks
+                # contiguity); dtypes by identity first (== costs ~80 ns)
+                if not isinstance(arr, np.ndarray) or arr.size != n:
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
-                if arr.dtype is not _f64:
+                dt = arr.dtype
+                if dt is not _f64:
+                    if dt != _f32 and dt != _f64:
+                        raise TapeError(f"element-wise operand {k} is not a float array of "
+                                        f"{n} elements")
                     arr = _contig(arr, np.float64)
-                keep.append(arr)
+                    keep.append(arr)
                 e[k].p = <const double*>_ptr(arr)
                 e[k].st = 1
             elif kind == "s":
@@ -735,13 +739,16 @@ cdef class Tape:
             kind, ref = refs[k]
             if kind == "a":
                 arr = arrays[ref]
-                if (not isinstance(arr, np.ndarray) or arr.size != n
-                        or (arr.dtype != _f32 and arr.dtype != _f64)):
+                if not isinstance(arr, np.ndarray) or arr.size != n:
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
-                if arr.dtype is not _f32:
+                dt = arr.dtype
+                if dt is not _f32:
+                    if dt != _f32 and dt != _f64:
+                        raise TapeError(f"element-wise operand {k} is not a float array of "
+                                        f"{n} elements")
                     arr = _contig(arr, np.float32)
-                keep.append(arr)
+                    keep.append(arr)
                 e[k].p = <const float*>_ptr(arr)
                 e[k].st = 1
             elif kind == "s":
@@ -755,10 +762,12 @@ cdef class Tape:
         cdef EwArgF ef[3]
         cdef float* pf
         keep = []
-        if (out.dtype != _f32 and out.dtype != _f64) or not out.flags.c_contiguous:
+        odt = out.dtype
+        # our own buffers: float32/float64 and C-contiguous (_ptr checks it too)
+        if odt is not _f64 and odt is not _f32 and odt != _f32 and odt != _f64:
             raise TapeError("element-wise result is not a contiguous float array")
         cdef Py_ssize_t n = out.size
-        if out.dtype is _f32:
+        if odt is _f32:
             self._ew_args_f32(refs, ef, vals, arrays, keep, n)
             pf = <float*>_ptr(out)
             if n >= NOGIL_MIN_ELEMENTS:
@@ -1115,7 +1124,7 @@ cdef class Tape:
         if abufs is None:
             return np.empty(v.shape, v.dtype)
         b = abufs.get(slot)
-        if b is None or b.shape != v.shape or b.dtype != v.dtype:
+        if b is None or b.dtype is not v.dtype or b.shape != v.shape:
             b = abufs[slot] = np.empty(v.shape, v.dtype)
         return b
 
