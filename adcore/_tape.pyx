@@ -523,6 +523,12 @@ cdef class Tape:
         if _is_number(value):
             v = float(value)
             return self._scalar(self._push(K_INPUT, 0, -1, -1, -1, v), v)
+        if copy and type(value) is np.ndarray and (value.dtype is _f64 or value.dtype is _f32):
+            # the usual input (ndarray.copy is C-ordered)
+            a = value.copy()
+            a.flags.writeable = False
+            return self._array(("input", a.shape, _F64_STR if a.dtype is _f64 else _F32_STR),
+                               a, False)
         if isinstance(value, np.ndarray):
             a = _float_array(value, name)
             if a is value or a.base is not None:

@@ -248,8 +248,16 @@ def test_input_copy_and_view():
         h2 = t.input(a, copy=False)
         h3 = t.input(np.arange(4))            # integers: converted, not copied again
         h4 = t.input(a[::2])                  # a strided view: made contiguous
+        h5 = t.input(a[::2], copy=False)      # no view of it: kernels read contiguous blocks
+        h6 = t.input(a.astype(np.float32)[::2])
+        s = adcore.sum(h4 * h5 + h6)
     finally:
         t.finish()
+    assert h5.value.flags.c_contiguous and h6.value.flags.c_contiguous
+    assert h6.value.dtype == np.float32
+    adj = t.backward({s.slot: 1.0})
+    np.testing.assert_array_equal(adj.array(h4.slot, (2,)), a[::2])
+    np.testing.assert_array_equal(adj.array(h6.slot, (2,)), np.ones(2))
     assert not np.shares_memory(h1.value, a)
     assert np.shares_memory(h2.value, a)
     for h in (h1, h2, h3, h4):
