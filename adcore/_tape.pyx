@@ -283,6 +283,25 @@ cdef object _mark(dict areach, Py_ssize_t slot, object rows):
     return None
 
 
+cdef object _write_rows(object ga, object ct, dict areach, Py_ssize_t slot, object live):
+    """ga[live] gets ct: added in rows that already reach slot, written in the others,
+    as backward writes a slot's first cotangent (0.0 + -0.0 would lose the sign of
+    a zero that one sweep per row keeps)."""
+    cur = areach.get(slot, False)
+    if cur is None:
+        ga[live] += ct
+        return None
+    seen = np.zeros(len(live), np.bool_) if cur is False else cur[live]
+    if seen.all():
+        ga[live] += ct
+    elif not seen.any():
+        ga[live] = ct
+    else:
+        ga[live[seen]] += ct[seen]
+        ga[live[~seen]] = ct[~seen]
+    return None
+
+
 cdef void _acc_rows(double* ga, const double* G, const double* P, Py_ssize_t B,
                     Py_ssize_t n) noexcept nogil:
     """ga[b, i] += G[b, i] * P[i] over B rows of n, with ew_reverse's exact zeros: a
@@ -1671,10 +1690,8 @@ cdef class Tape:
                     ga = self._rows_adj(ref, B, wa, aadj, not fresh)
                     if fresh:
                         np.copyto(ga, ct)
-                    elif rows is None:
-                        ga += ct
                     else:
-                        ga[live] += ct
+                        _write_rows(ga, ct, areach, ref, live)
                     _mark(areach, ref, rows)
             else:
                 for j in range(len(live)):
@@ -1697,7 +1714,7 @@ cdef class Tape:
                                              f"cotangent of shape {ct.shape} for an input of "
                                              f"shape {wa[ref].shape}")
                         ga = self._rows_adj(ref, B, wa, aadj, True)
-                        ga[b] += ct
+                        _write_rows(ga, ct[None], areach, ref, live[j:j + 1])
                         one = np.zeros(B, np.bool_)
                         one[b] = True
                         _mark(areach, ref, one)

@@ -385,11 +385,9 @@ def _parts(r: Any) -> List[np.ndarray]:
     return [np.asarray(p) for p in (r if isinstance(r, tuple) else (r,))]
 
 
-def assert_same_bits(name: str, got: Any, want: Any, zero_sign: bool = True) -> None:
-    """Bitwise equal; without ``zero_sign``, -0.0 and 0.0 count as the same bits."""
+def assert_same_bits(name: str, got: Any, want: Any) -> None:
+    """Bitwise equal (the sign of a zero included)."""
     got, want = np.asarray(got), np.asarray(want)
-    if not zero_sign:
-        got, want = (np.where(a == 0.0, 0.0, a).astype(a.dtype) for a in (got, want))
     if got.shape != want.shape or got.dtype != want.dtype:
         raise AssertionError(f"{name}: {got.dtype}{got.shape}, expected "
                              f"{want.dtype}{want.shape}")
@@ -459,11 +457,7 @@ def check_batched(tape: adcore.Tape, points: Sequence[Sequence[Any]],
                         if len(parts) != len(want[m][r]):
                             raise AssertionError(f"{what}: {len(parts)} blocks, the single "
                                                  f"replay gives {len(want[m][r])}")
-                        # tape.jacobian (one stacked sweep) and jacobian_map's rows (one
-                        # sweep per row) may differ in the sign of a zero: see
-                        # test_jacobian_map_keeps_the_sign_of_zero_of_tape_jacobian
-                        assert_same_bits(what, block[r], want[m][r][k],
-                                         zero_sign=m != "jacobian_map")
+                        assert_same_bits(what, block[r], want[m][r][k])
                     elif not np.all(np.isnan(block[r])):
                         raise AssertionError(f"{what}: a masked row holds {block[r]}")
             by_threads.append(parts)
@@ -843,13 +837,10 @@ def test_the_batched_checker_catches_one_ulp(wrong):
         check_batched(_OffByOneUlp(tape, wrong), points)
 
 
-@pytest.mark.xfail(strict=True, reason="tape.jacobian (all rows in one stacked sweep: "
-                   "amax has no vjp_rows, its per-row vjp -1 * 0 = -0.0 lands on a zeroed "
-                   "stacked adjoint, +0.0) and tape.gradient / jacobian_map's row-by-row "
-                   "path (backward keeps the -0.0) differ in the sign of a zero")
 def test_jacobian_map_keeps_the_sign_of_zero_of_tape_jacobian():
     # found by the long run (seeds 10000-12999: 15 programs, all with max and a
-    # negative factor); the numbers are equal, the bits are not
+    # negative factor): the stacked sweep added amax's per-row -0.0 to a zeroed
+    # adjoint (+0.0); it now writes a row's first cotangent, as backward does
     x = np.array([-1.0, 0.8])
     tape = adcore.record(lambda x: adcore.max(x) * -1.0, x)
     single = np.asarray(tape.jacobian(x))
