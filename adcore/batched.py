@@ -359,25 +359,20 @@ def _row_sweep(tape, L: _Leaves, mode: int, threads: int, blocks: list):
                     for (slot, shape, dt), block in zip(L.specs, blocks):
                         block[row] = adj[slot] if shape is None else adj.array(slot, shape)
                 else:
+                    # the stacked sweep of tape.jacobian, so that a row is bitwise
+                    # what tape.jacobian gives at that point
+                    J = tape.jacobian_rows(tape.out_leaves, L.specs, _work=rp)
+                    r = 0
                     for j, (kind, ref, oshape, odt) in enumerate(outs):
-                        row_blocks = blocks[j]
-                        if kind == "c":
-                            for block in row_blocks:
-                                block[row] = 0.0
-                            continue
                         size = int(np.prod(oshape, dtype=np.int64))
-                        for e in range(size):
-                            if oshape:
-                                seed = np.zeros(size)
-                                seed[e] = 1.0
-                                seed = seed.reshape(oshape)
-                            else:
-                                seed = 1.0
-                            adj = tape.backward({ref: seed}, _work=rp)
-                            at = np.unravel_index(e, oshape) if oshape else ()
-                            for (slot, shape, dt), block in zip(L.specs, row_blocks):
-                                block[(row,) + at] = (adj[slot] if shape is None
-                                                      else adj.array(slot, shape))
+                        rows = J[r:r + size]
+                        r += size
+                        c = 0
+                        for (slot, shape, dt), block in zip(L.specs, blocks[j]):
+                            ishape = () if shape is None else tuple(shape)
+                            n = int(np.prod(ishape, dtype=np.int64))
+                            block[row] = rows[:, c:c + n].reshape(oshape + ishape)
+                            c += n
         finally:
             if rp is not None:
                 tape._release(rp)
