@@ -39,7 +39,7 @@ def section(run, note=""):
         "independent reference; jax's jit compile time is excluded. The full report,",
         "with times per call or per operation and the quartiles of the ratios, is",
         "`benchmarks/results/latest.txt`; the method is in `benchmarks/README.md`.",
-        "Targets are those of issues 2-5. In the adcore column, the plain figure is the",
+        "Targets are those of issues 2-9. In the adcore column, the plain figure is the",
         "everyday API (`Dual`, `jvp`, `grad`, `jacobian`, `value_and_grad`); *replay* is",
         "a tape recorded once by `adcore.record` and differentiated at the point by",
         "`tape.gradient`; *forward*/*reverse* force the Jacobian's mode.",
