@@ -300,14 +300,11 @@ class Mean(Primitive):
         return (_fresh(np.broadcast_to(g * scale, _shape(x))),)
 
     def vjp_rows(self, G, xs, out, needs, *, axis=None, keepdims=False):
+        # the sum's stacked rule on the scaled cotangents
         G = np.asarray(cotangent(G, out))
-        (x,) = xs
-        axes = _axes(axis, _ndim(x), "mean")
-        if not keepdims and axes:
-            G = np.expand_dims(G, tuple(a + 1 for a in axes))
-        n = self._count(x, axis)
+        n = self._count(xs[0], axis)
         scale = np.asarray(1.0 / n if n else np.nan, dtype=G.dtype)
-        return (_fresh(np.broadcast_to(G * scale, (G.shape[0],) + _shape(x))),)
+        return _sum.vjp_rows(G * scale, xs, out, needs, axis=axis, keepdims=keepdims)
 
 
 class AMax(Primitive):
