@@ -37,9 +37,20 @@ def _rule_caller(op: int) -> Callable[..., Any]:
     return call
 
 
+def _pow_caller(op: int) -> Callable[..., Any]:
+    def call(x: Any, y: Any) -> Any:
+        # pow(x, 1.0) is x exactly (the rule's value): the square's partial
+        # mulz(2.0, pow(x, 1.0)) then records one instruction, not two
+        if type(y) is float and y == 1.0 and getattr(x, "_ad_tag", None) is not None:
+            return x
+        return apply(op, (x, y))
+    return call
+
+
 def _compile_partials() -> Dict[int, Tuple[Any, ...]]:
     """Per opcode, per input: a float (a constant partial) or a function (x, y, z, r)."""
     namespace = {rule.name: _rule_caller(rule.opcode) for rule in RULES}
+    namespace["pow"] = _pow_caller(next(r.opcode for r in RULES if r.name == "pow"))
     table: Dict[int, Tuple[Any, ...]] = {}
     for rule in RULES:
         names = ("x", "y", "z")[: rule.arity]
@@ -92,7 +103,7 @@ def _times(t: Any, p: Any) -> Any:
 class NestedDual:
     """A dual number of tag ``tag`` whose value and k tangents are other values."""
 
-    __slots__ = ("value", "tangents", "tag")
+    __slots__ = ("value", "tangents", "tag", "_ad_tag")
     _ad_rank = 2
     __array_priority__ = 100
 
@@ -106,11 +117,7 @@ class NestedDual:
                                f"or an inner differentiation (tag {vtag})")
         self.value = value
         self.tangents = tangents
-        self.tag = tag
-
-    @property
-    def _ad_tag(self) -> int:
-        return self.tag
+        self.tag = self._ad_tag = tag
 
     @property
     def k(self) -> int:
@@ -123,8 +130,7 @@ class NestedDual:
 
     @classmethod
     def _ad_apply(cls, op: int, args: Sequence[Any]) -> Any:
-        args = tuple(args)
-        tag = max(a._ad_tag for a in args if getattr(a, "_ad_tag", None) is not None)
+        tag = _top_tag(args)
         values, tangents, k = _split_args(args, tag)
         r = apply(op, values)
         parts = partial_functions[op]
@@ -133,31 +139,53 @@ class NestedDual:
             if ts is None:
                 continue
             p = parts[i]
-            if not isinstance(p, float):
+            if type(p) is not float:
                 p = p(*values, r)
-            if type(p) is float and p == 0.0:
-                continue  # a zero partial contributes exactly 0, whatever the tangent
+            if type(p) is float:
+                if p == 0.0:
+                    continue  # a zero partial contributes exactly 0, whatever the tangent
+                if p == -1.0:
+                    # o - t is o + (-t) exactly: one subtraction, no negation
+                    for j, t in enumerate(ts):
+                        if not _is_zero(t):
+                            o = out[j]
+                            out[j] = -t if _is_zero(o) else o - t
+                    continue
             for j, t in enumerate(ts):
                 if _is_zero(t):
                     continue
                 term = _times(t, p)
-                out[j] = term if _is_zero(out[j]) else out[j] + term
+                o = out[j]
+                out[j] = term if _is_zero(o) else o + term
         return _build(r, out, tag)
 
     @classmethod
     def _ad_primitive(cls, prim: Any, args: Sequence[Any], params: Dict[str, Any]) -> Any:
-        args = tuple(args)
-        tag = max(a._ad_tag for a in args if getattr(a, "_ad_tag", None) is not None)
+        tag = _top_tag(args)
         values, tangents, k = _split_args(args, tag)
-        parts = list(values) + [t for ts in tangents if ts is not None for t in ts]
-        if not any(getattr(p, "_ad_tag", None) is not None for p in parts):
+        active = False
+        for v in values:
+            if getattr(v, "_ad_tag", None) is not None:
+                active = True
+                break
+        else:
+            for ts in tangents:
+                if ts is not None and any(getattr(t, "_ad_tag", None) is not None for t in ts):
+                    active = True
+                    break
+        if not active:
             return _plain_primitive(prim, values, tangents, params, tag)
         # parts of outer differentiations: the value and the jvp rule run on them
         # through the dispatcher (jvp rules use only adcore operations), so every outer
-        # differentiation sees ordinary primitive calls on its own values; the k
-        # directions travel stacked on a leading axis, as in plain forward mode
-        from .array_ops import getitem
+        # differentiation sees ordinary primitive calls on its own values
         out = prim(*values, **params)
+        if prim in _linear() and None not in tangents:
+            # a linear primitive's tangent in each direction is the primitive of that
+            # direction's tangents (its jvp rule, without stacking and splitting)
+            return _build(out, [prim(*[_tangent_as(ts[j], v) for v, ts in zip(values, tangents)],
+                                     **params) for j in range(k)], tag)
+        # the k directions travel stacked on a leading axis, as in plain forward mode
+        from .array_ops import getitem
         dxs = [None if ts is None else _stacked(ts, v) for v, ts in zip(values, tangents)]
         t = prim.jvp(values, dxs, out, **params)
         want = (k,) + tuple(np.shape(_primal(out)))
@@ -272,6 +300,35 @@ class NestedDual:
         return numpy_api.array_function(self, func, types, args, kwargs)
 
 
+_LINEAR: Any = None
+
+
+def _linear() -> Any:
+    """The primitives that are linear in all their inputs together, so that their
+    jvp in one direction is the primitive applied to that direction's tangents."""
+    global _LINEAR
+    if _LINEAR is None:
+        from . import array_ops as ao
+        _LINEAR = frozenset((ao._getitem, ao._sum, ao._mean, ao._reshape, ao._transpose,
+                             ao._broadcast_to, ao._concatenate, ao._stack))
+    return _LINEAR
+
+
+def _tangent_as(t: Any, value: Any) -> Any:
+    """One direction's tangent for an input of a primitive: of the value's shape (a
+    rule's tangent keeps the shape of the input it came from), a plain one in the
+    value's float dtype, as ``_stacked`` makes it."""
+    shape = tuple(np.shape(_primal(value)))
+    if getattr(t, "_ad_tag", None) is None:
+        dt = np.asarray(_primal(value)).dtype
+        return np.broadcast_to(np.asarray(t, dtype=dt if dt == np.float32 else np.float64),
+                               shape)
+    if tuple(np.shape(_primal(t))) != shape:
+        from .array_ops import broadcast_to
+        return broadcast_to(t, shape)
+    return t
+
+
 def _stacked(ts: List[Any], value: Any) -> Any:
     """One argument's k tangents as one array with a leading axis of k directions;
     each tangent broadcast to the value's shape first (a rule's tangent keeps the
@@ -339,7 +396,17 @@ def _compare(a: NestedDual, b: Any, fn: Any) -> Any:
     return result
 
 
-def _split_args(args: Tuple[Any, ...], tag: int) -> Tuple[List[Any], List[Optional[List[Any]]], int]:
+def _top_tag(args: Sequence[Any]) -> int:
+    """The largest tag among args (the caller owns one of them)."""
+    tag = -1
+    for a in args:
+        t = getattr(a, "_ad_tag", None)
+        if t is not None and t > tag:
+            tag = t
+    return tag
+
+
+def _split_args(args: Sequence[Any], tag: int) -> Tuple[List[Any], List[Optional[List[Any]]], int]:
     """Each argument's value part and tangent parts (None for a constant of tag)."""
     from ._dual import Dual, DualArray
     values: List[Any] = []
@@ -355,7 +422,7 @@ def _split_args(args: Tuple[Any, ...], tag: int) -> Tuple[List[Any], List[Option
             raise NestingError(f"a value of differentiation {atag} reached differentiation "
                                f"{tag}, which runs outside it")
         if type(a) is NestedDual:
-            v, ts = a.value, list(a.tangents)
+            v, ts = a.value, a.tangents  # read, never changed
         elif type(a) is Dual:
             v, ts = a.value, [float(t) for t in a.tangents]
         elif type(a) is DualArray:
