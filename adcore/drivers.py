@@ -930,12 +930,35 @@ def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
                               f"{_describe(v)}")
     vf = np.asarray(lin.flatten(v), dtype=np.float64)
     if isinstance(xf, list):
-        vt: Any = [float(t) for t in vf]
-    else:
-        vt = vf
+        return lin.unflatten(_hvp_sweep(s, xf, [float(t) for t in vf]))
+    if lin.kind == "leaf" and lin.shape != xf.shape:
+        # an array of any shape travels in its own shape (f then needs no reshape)
+        xf, vf = xf.reshape(lin.shape), vf.reshape(lin.shape)
+    return lin.unflatten(_hvp_sweep(s, xf, vf).reshape(lin.size))
 
-    def directional(buf: Any) -> Any:
-        return forward.jvp(s, (buf,), (vt,))[1]
 
-    hv = np.asarray(reverse.grad(directional)(xf), dtype=np.float64).reshape(lin.size)
-    return lin.unflatten(hv)
+def _hvp_sweep(s: Callable[[Any], Any], xf: Any, vt: Any) -> np.ndarray:
+    """grad(lambda b: jvp(s, (b,), (vt,))[1])(xf), as one recording and one sweep
+    without the two drivers' layers: xf (a list of floats or an array) becomes the
+    tape's inputs, each a NestedDual with its direction in vt."""
+    scalars = isinstance(xf, list)
+    tape = Tape()
+    tape.start()
+    try:
+        # the tape copies an array input: f may write x while it is recorded
+        handles: Any = [tape.input(t) for t in xf] if scalars else tape.input(xf)
+        with forward._Differentiation() as tag:
+            if scalars:
+                seeded: Any = [NestedDual(h, [t], tag) for h, t in zip(handles, vt)]
+            else:
+                seeded = NestedDual(handles, [vt], tag)
+            d = forward._split(s(seeded), tag, 1)[1][0]  # Df(x) v, checked as jvp does
+    finally:
+        tape.finish()
+    slot = reverse._scalar_slot(tape, d, "hvp")[0]
+    if slot is None:  # Df(x) v does not depend on x
+        return np.zeros(len(xf) if scalars else xf.shape)
+    adj = tape.backward({slot: 1.0})
+    if scalars:
+        return np.array([adj[h.slot] for h in handles], dtype=np.float64)
+    return np.asarray(adj.array(handles.slot, xf.shape), dtype=np.float64)
