@@ -372,6 +372,145 @@ def _float_array(object x, object name):
     return _contig(a)
 
 
+# ----------------------------------------------------- fused element-wise groups
+# A group is a run of consecutive float64 'ew' instructions over one shape (see
+# ARCHITECTURE.md, "Fused element-wise groups").  Replay runs it as one loop over
+# blocks of FUSE_BLOCK elements: members that nothing outside the group reads live
+# only in block buffers, so the whole arrays are never written or read back.
+cdef enum:
+    FUSE_BLOCK = 256      # elements per block: 2 blocks per member stay in L1/L2
+
+# where a member's operand comes from
+cdef enum:
+    FO_INPUT = 0          # group input j: an array slot outside the group
+    FO_MEMBER = 1         # the value of member j (an earlier member)
+    FO_SCALAR = 2         # scalar slot j (stride 0)
+    FO_CONST = 3          # the constant c
+
+cdef struct FOperand:
+    int kind
+    Py_ssize_t j
+    double c
+
+cdef struct FMember:
+    int op
+    int ar
+    FOperand a[3]
+
+
+cdef inline double* _fval(double* const* vals, double* scratch, Py_ssize_t j,
+                          Py_ssize_t i0) noexcept nogil:
+    """Member j's values in the block at i0: its stored array, else its block buffer."""
+    if vals[j] != NULL:
+        return vals[j] + i0
+    return scratch + j * FUSE_BLOCK
+
+
+cdef inline void _fargs(const FMember* m, EwArg* e, const double* const* inp,
+                        double* const* vals, double* scratch, const double* w,
+                        Py_ssize_t i0) noexcept nogil:
+    """The kernel operands of member m for the block at i0 (no adjoints)."""
+    cdef int k
+    for k in range(3):
+        e[k].g = NULL
+        e[k].c = 0.0
+        e[k].st = 0
+        e[k].p = &e[k].c
+        if k >= m.ar:
+            continue
+        if m.a[k].kind == FO_INPUT:
+            e[k].p = inp[m.a[k].j] + i0
+            e[k].st = 1
+        elif m.a[k].kind == FO_MEMBER:
+            e[k].p = _fval(vals, scratch, m.a[k].j, i0)
+            e[k].st = 1
+        elif m.a[k].kind == FO_SCALAR:
+            e[k].c = w[m.a[k].j]
+        else:
+            e[k].c = m.a[k].c
+
+
+cdef void fused_forward(const FMember* mem, Py_ssize_t nm, const double* const* inp,
+                        double* const* vals, double* scratch, const double* w,
+                        Py_ssize_t n) noexcept nogil:
+    """Every member over n elements, block by block: a member with a stored array
+    (vals[j]) writes it, the others their block buffer (scratch)."""
+    cdef Py_ssize_t i0, L, j
+    cdef EwArg e[3]
+    i0 = 0
+    while i0 < n:
+        L = n - i0 if n - i0 < FUSE_BLOCK else FUSE_BLOCK
+        for j in range(nm):
+            _fargs(&mem[j], e, inp, vals, scratch, w, i0)
+            ew_value(mem[j].op, e, _fval(vals, scratch, j, i0), L)
+        i0 += FUSE_BLOCK
+
+
+cdef void fused_reverse(const FMember* mem, Py_ssize_t nm, const double* const* inp,
+                        double* const* vals, double* scratch, const double* w,
+                        double* adj, double* const* gmem, double* const* ginp,
+                        const unsigned char* act, const unsigned char* want,
+                        const unsigned char* fresh, Py_ssize_t n) noexcept nogil:
+    """The reverse sweep of a group, block by block: the members' values (stored
+    or recomputed), then each active member (act) from the last, with the same
+    kernel and order as the unfused sweep, so every element's sums are the same.
+    Member j's adjoint is gmem[j] (an array from outside the group) or a block
+    buffer; operand k of member j writes its adjoint when want[3j+k], first
+    zeroing the target block when fresh[3j+k] (as the unfused sweep zeroes a new
+    adjoint array).  scratch holds nm value blocks, then nm adjoint blocks."""
+    cdef Py_ssize_t i0, L, j, jj
+    cdef int k
+    cdef EwArg e[3]
+    cdef double* gsc = scratch + nm * FUSE_BLOCK
+    cdef double* gout
+    cdef const FMember* m
+    i0 = 0
+    while i0 < n:
+        L = n - i0 if n - i0 < FUSE_BLOCK else FUSE_BLOCK
+        for j in range(nm):
+            if vals[j] == NULL:
+                _fargs(&mem[j], e, inp, vals, scratch, w, i0)
+                ew_value(mem[j].op, e, scratch + j * FUSE_BLOCK, L)
+        j = nm - 1
+        while j >= 0:
+            if act[j]:
+                m = &mem[j]
+                _fargs(m, e, inp, vals, scratch, w, i0)
+                for k in range(m.ar):
+                    if not want[3 * j + k]:
+                        continue
+                    if m.a[k].kind == FO_INPUT:
+                        e[k].g = ginp[m.a[k].j] + i0
+                    elif m.a[k].kind == FO_MEMBER:
+                        jj = m.a[k].j
+                        e[k].g = gmem[jj] + i0 if gmem[jj] != NULL else gsc + jj * FUSE_BLOCK
+                    else:
+                        e[k].g = &adj[m.a[k].j]
+                        continue
+                    if fresh[3 * j + k]:
+                        memset(e[k].g, 0, L * sizeof(double))
+                gout = gmem[j] + i0 if gmem[j] != NULL else gsc + j * FUSE_BLOCK
+                ew_reverse(m.op, e, _fval(vals, scratch, j, i0), gout, L)
+            j -= 1
+        i0 += FUSE_BLOCK
+
+
+@cython.final
+cdef class FusedGroup:
+    """One fused group of a finished tape (immutable; see _fusion)."""
+    cdef FMember* mem
+    cdef Py_ssize_t nm           # members: slots first .. first + nm - 1
+    cdef Py_ssize_t first
+    cdef Py_ssize_t kfirst       # index of the first member in array_slots
+    cdef Py_ssize_t n            # elements
+    cdef tuple shape
+    cdef tuple inputs            # group input slots
+    cdef tuple outputs           # per member: its value is read outside the group
+
+    def __dealloc__(self):
+        free(self.mem)
+
+
 # ------------------------------------------------------------------------ Tape
 @cython.final
 cdef class Tape:
@@ -400,6 +539,8 @@ cdef class Tape:
     cdef public object flat_args    # the quick replay layout (reverse._plan), cached
     cdef dict leads                 # frozenset of input slots -> bytes: slot leads to them
     cdef list xaux                  # per primitive in aux: what its sweeps need (_prim_plan)
+    cdef list fuse_at               # per array_slots index: its FusedGroup (_fusion_plan)
+    cdef bint nofuse                # test hook (_fusion): run every instruction unfused
 
     def __cinit__(self):
         self.pool = []
@@ -874,7 +1015,11 @@ cdef class Tape:
 
     cdef object _value_of(self, Py_ssize_t slot, double* vals, dict arrays):
         if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
-            return arrays[slot]
+            v = arrays.get(slot)
+            if v is None:
+                raise TapeError(f"slot {slot} is inside a fused group: a fused replay "
+                                "keeps only values read outside the group")
+            return v
         return vals[slot]
 
     cdef int _array_forward(self, Py_ssize_t s, double* w, dict wa, dict bufs) except -1:
@@ -952,12 +1097,17 @@ cdef class Tape:
             f"(float(), int(), bool() or a comparison) as {rec!r} and is {now!r} on this "
             "replay: the recorded control flow may not hold; record again at these inputs")
 
-    cdef int _forward(self, double* w, dict wa, dict bufs=None) except -1:
-        """Replay every instruction into w / wa (inputs already set)."""
-        cdef Py_ssize_t lo = 0, bad, s, k
+    cdef int _forward(self, double* w, dict wa, dict bufs=None, bint fused=False) except -1:
+        """Replay every instruction into w / wa (inputs already set).  With
+        ``fused``, fused groups run as one block loop each and only their
+        outputs are materialised (for callers that read nothing else: the value
+        of the outputs, the fused reverse sweep)."""
+        cdef Py_ssize_t lo = 0, bad, s, k = 0
         cdef list slots = self.array_slots
         cdef Py_ssize_t m = len(slots)
-        for k in range(m + 1):
+        cdef list plan = self._fusion_plan() if fused and not self.nofuse else None
+        cdef FusedGroup g
+        while k <= m:
             s = slots[k] if k < m else self.n
             if s > lo:
                 # the GIL is let go only for stretches worth it (~0.1 us each way)
@@ -969,8 +1119,321 @@ cdef class Tape:
                 if bad >= 0:
                     self._branch_error(bad, w[bad])
             if s < self.n:
+                if plan is not None and plan[k] is not None:
+                    # the group's members are slots s .. s + nm - 1: nothing between
+                    g = <FusedGroup>plan[k]
+                    self._fused_forward(g, w, wa, bufs)
+                    k += g.nm
+                    lo = s + g.nm
+                    continue
                 self._array_forward(s, w, wa, bufs)
             lo = s + 1
+            k += 1
+        return 0
+
+    # -- fused element-wise groups (replay and reverse sweep) -----------------
+    @property
+    def _fusion(self):
+        """Test hook: whether replays and sweeps run fused groups (default True).
+        Tests turn it off to compare the fused sweeps with the unfused ones."""
+        return not self.nofuse
+
+    @_fusion.setter
+    def _fusion(self, bint on):
+        self.nofuse = not on
+
+    def _fused_groups(self):
+        """Test hook: the fused groups as (first slot, members, input slots,
+        per member whether its value is read outside the group)."""
+        plan = self._fusion_plan()
+        out = []
+        for g in (plan or ()):
+            if g is not None and (not out or out[-1][0] != (<FusedGroup>g).first):
+                out.append(((<FusedGroup>g).first, (<FusedGroup>g).nm,
+                            (<FusedGroup>g).inputs, (<FusedGroup>g).outputs))
+        return out
+
+    cdef list _fusion_plan(self):
+        """Per index of array_slots, the FusedGroup it belongs to (None: unfused),
+        worked out once per finished tape; None when there is no group.
+
+        A group is a maximal run of consecutive slots holding float64 'ew'
+        instructions of one shape, without checked values (F_CHECK), where no
+        scalar slot is an operand twice (its adjoint is a sum over the elements:
+        blocks of two members would interleave those sums).  Consecutive slots: no
+        other instruction runs between two members in either sweep, so every
+        adjoint receives its contributions in the unfused order."""
+        if self.fuse_at is not None:
+            return self.fuse_at if len(self.fuse_at) else None
+        cdef list slots = self.array_slots
+        cdef Py_ssize_t m = len(slots), k, s, prev = -2
+        runs = []
+        cur = []
+        cur_shape = None
+        cur_scalars = set()
+        for k in range(m):
+            s = slots[k]
+            ok = False
+            shape = None
+            sc = []
+            desc = self.aux[self.ins[s].a0]
+            if (desc[0] == "ew" and desc[4] == _F64_STR
+                    and not (self.ins[s].flags & (F_CHECK | F_SCALAR))):
+                shape = tuple(desc[3])
+                ok = True
+                sc = []
+                for kind, ref in desc[2]:
+                    if kind == "a":
+                        v = self.avals.get(ref)
+                        if v is None or v.dtype is not _f64 or v.shape != shape:
+                            ok = False
+                    elif kind == "s":
+                        sc.append(ref)
+                if ok and len(set(sc)) != len(sc):
+                    ok = False          # one scalar twice in a member: never fused
+            if ok and cur and s == prev + 1 and shape == cur_shape \
+                    and not cur_scalars.intersection(sc):
+                cur.append(k)
+                cur_scalars.update(sc)
+            else:
+                if len(cur) > 1:
+                    runs.append(cur)
+                cur = [k] if ok else []
+                cur_shape = shape if ok else None
+                cur_scalars = set(sc) if ok else set()
+            prev = s
+        if len(cur) > 1:
+            runs.append(cur)
+        plan = [None] * m
+        if not runs:
+            self.fuse_at = []
+            return None
+        # values read outside their group: by another instruction or as an output
+        readers = {}
+        for k in range(m):
+            s = slots[k]
+            desc = self.aux[self.ins[s].a0]
+            if desc[0] == "bcast":
+                readers.setdefault(desc[1], []).append(s)
+            elif desc[0] == "ew" or desc[0] == "prim":
+                for kind, ref in (desc[2] if desc[0] == "ew" else desc[3]):
+                    if kind == "a":
+                        readers.setdefault(ref, []).append(s)
+        outs = set()
+        for kind, ref in (self.out_leaves or ()):
+            if kind == "a":
+                outs.add(ref)
+        for run in runs:
+            g = self._make_group(run, readers, outs)
+            for k in run:
+                plan[k] = g
+        self.fuse_at = plan
+        return plan
+
+    cdef FusedGroup _make_group(self, list run, dict readers, set outs):
+        cdef FusedGroup g = FusedGroup.__new__(FusedGroup)
+        cdef Py_ssize_t j, k, first = self.array_slots[run[0]]
+        cdef int i
+        g.nm = len(run)
+        g.first = first
+        g.kfirst = run[0]
+        desc0 = self.aux[self.ins[first].a0]
+        g.shape = tuple(desc0[3])
+        g.n = 1
+        for d in g.shape:
+            g.n *= d
+        g.mem = <FMember*>calloc(g.nm, sizeof(FMember))
+        if g.mem == NULL:
+            raise MemoryError()
+        inputs = []
+        outputs = []
+        last = first + g.nm - 1
+        for j in range(g.nm):
+            s = first + j
+            desc = self.aux[self.ins[s].a0]
+            g.mem[j].op = desc[1]
+            g.mem[j].ar = RULE_ARITY[desc[1]]
+            if len(desc[2]) != g.mem[j].ar:
+                raise TapeError(f"element-wise instruction {s} has {len(desc[2])} operands")
+            for i in range(g.mem[j].ar):
+                kind, ref = desc[2][i]
+                if kind == "a" and first <= ref < s:
+                    g.mem[j].a[i].kind = FO_MEMBER
+                    g.mem[j].a[i].j = ref - first
+                elif kind == "a":
+                    if ref not in inputs:
+                        inputs.append(ref)
+                    g.mem[j].a[i].kind = FO_INPUT
+                    g.mem[j].a[i].j = inputs.index(ref)
+                elif kind == "s":
+                    g.mem[j].a[i].kind = FO_SCALAR
+                    g.mem[j].a[i].j = ref
+                else:
+                    g.mem[j].a[i].kind = FO_CONST
+                    g.mem[j].a[i].c = ref
+            outputs.append(s in outs or any(not (first <= t <= last)
+                                            for t in readers.get(s, ())))
+        g.inputs = tuple(inputs)
+        g.outputs = tuple(outputs)
+        return g
+
+    cdef int _fused_forward(self, FusedGroup g, double* w, dict wa, dict bufs) except -1:
+        """A group's values during a replay: the outputs into their (pooled)
+        buffers; the other members are never materialised (their slots leave wa,
+        so nothing can read a stale value)."""
+        cdef Py_ssize_t j, ni = len(g.inputs), nm = g.nm, n = g.n
+        cdef const double** inp = NULL
+        cdef double** vals = NULL
+        cdef double* scratch = NULL
+        keep = []
+        inp = <const double**>malloc((ni + 1) * sizeof(double*))
+        vals = <double**>malloc(nm * sizeof(double*))
+        scratch = <double*>malloc(nm * FUSE_BLOCK * sizeof(double))
+        try:
+            if inp == NULL or vals == NULL or scratch == NULL:
+                raise MemoryError()
+            for j in range(ni):
+                arr = wa[g.inputs[j]]
+                if type(arr) is not np.ndarray or arr.dtype is not _f64 or arr.size != n:
+                    raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
+                                    f"float64 array of {n} elements")
+                keep.append(arr)
+                inp[j] = <const double*>_ptr(arr)
+            for j in range(nm):
+                s = g.first + j
+                if g.outputs[j]:
+                    out = None if bufs is None else bufs.get(s)
+                    if out is None:
+                        out = np.empty(g.shape, _f64)
+                        if bufs is not None:
+                            bufs[s] = out
+                    wa[s] = out
+                    vals[j] = <double*>_ptr(out)
+                else:
+                    wa.pop(s, None)
+                    vals[j] = NULL
+            if n >= NOGIL_MIN_ELEMENTS:
+                with nogil:
+                    fused_forward(g.mem, nm, inp, vals, scratch, w, n)
+            else:
+                fused_forward(g.mem, nm, inp, vals, scratch, w, n)
+        finally:
+            free(inp)
+            free(vals)
+            free(scratch)
+        return 0
+
+    cdef int _fused_reverse(self, FusedGroup g, double* w, dict wa, double* adj,
+                            dict aadj, dict abufs, const unsigned char* lead) except -1:
+        """A group's reverse sweep (see fused_reverse): which members run and
+        which adjoints are written or first created is decided here once, as the
+        unfused sweep would decide it instruction by instruction."""
+        cdef Py_ssize_t j, jj, ni = len(g.inputs), nm = g.nm, n = g.n, s, ref
+        cdef int k
+        cdef bint any_act = False
+        cdef const double** inp = NULL
+        cdef double** vals = NULL
+        cdef double** gmem = NULL
+        cdef double** ginp = NULL
+        cdef unsigned char* flags = NULL
+        cdef double* scratch = NULL
+        cdef unsigned char* has
+        cdef unsigned char* act
+        cdef unsigned char* want
+        cdef unsigned char* fresh
+        cdef const FMember* m
+        keep = []
+        inp = <const double**>malloc((ni + 1) * sizeof(double*))
+        ginp = <double**>calloc(ni + 1, sizeof(double*))
+        vals = <double**>malloc(nm * sizeof(double*))
+        gmem = <double**>calloc(nm, sizeof(double*))
+        flags = <unsigned char*>calloc(8 * nm, 1)
+        try:
+            if inp == NULL or ginp == NULL or vals == NULL or gmem == NULL or flags == NULL:
+                raise MemoryError()
+            has = flags
+            act = flags + nm
+            want = flags + 2 * nm
+            fresh = flags + 5 * nm
+            # adjoints of members from outside the group (a reader after it, a seed)
+            for j in range(nm):
+                ga = aadj.get(g.first + j)
+                if ga is not None:
+                    if type(ga) is not np.ndarray or ga.dtype is not _f64 or ga.size != n:
+                        raise TapeError("element-wise adjoint does not fit its result")
+                    keep.append(ga)
+                    gmem[j] = <double*>_ptr(ga)
+                    has[j] = 1
+            j = nm - 1
+            while j >= 0:
+                s = g.first + j
+                if has[j] and (lead == NULL or lead[s]):
+                    act[j] = 1
+                    any_act = True
+                    m = &g.mem[j]
+                    for k in range(m.ar):
+                        if m.a[k].kind == FO_MEMBER:
+                            jj = m.a[k].j
+                            if self._needs(g.first + jj, lead):
+                                want[3 * j + k] = 1
+                                if not has[jj]:
+                                    has[jj] = 1
+                                    fresh[3 * j + k] = 1
+                        elif m.a[k].kind == FO_INPUT:
+                            jj = m.a[k].j
+                            ref = g.inputs[jj]
+                            if self._needs(ref, lead):
+                                want[3 * j + k] = 1
+                                if ginp[jj] == NULL:
+                                    ga = aadj.get(ref)
+                                    if ga is None:
+                                        ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
+                                        fresh[3 * j + k] = 1
+                                    if (type(ga) is not np.ndarray or ga.dtype is not _f64
+                                            or ga.size != n):
+                                        raise TapeError("element-wise adjoint does not fit "
+                                                        "its operand")
+                                    keep.append(ga)
+                                    ginp[jj] = <double*>_ptr(ga)
+                        elif m.a[k].kind == FO_SCALAR:
+                            if self._needs(m.a[k].j, lead):
+                                want[3 * j + k] = 1
+                j -= 1
+            if not any_act:
+                return 0
+            for j in range(ni):
+                arr = wa[g.inputs[j]]
+                if type(arr) is not np.ndarray or arr.dtype is not _f64 or arr.size != n:
+                    raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
+                                    f"float64 array of {n} elements")
+                keep.append(arr)
+                inp[j] = <const double*>_ptr(arr)
+            for j in range(nm):
+                vals[j] = NULL
+                if g.outputs[j]:
+                    arr = wa[g.first + j]
+                    if type(arr) is not np.ndarray or arr.dtype is not _f64 or arr.size != n:
+                        raise TapeError("element-wise result is not a float64 array of "
+                                        f"{n} elements")
+                    keep.append(arr)
+                    vals[j] = <double*>_ptr(arr)
+            scratch = <double*>malloc(2 * nm * FUSE_BLOCK * sizeof(double))
+            if scratch == NULL:
+                raise MemoryError()
+            if n >= NOGIL_MIN_ELEMENTS:
+                with nogil:
+                    fused_reverse(g.mem, nm, inp, vals, scratch, w, adj, gmem, ginp,
+                                  act, want, fresh, n)
+            else:
+                fused_reverse(g.mem, nm, inp, vals, scratch, w, adj, gmem, ginp,
+                              act, want, fresh, n)
+        finally:
+            free(inp)
+            free(ginp)
+            free(vals)
+            free(gmem)
+            free(flags)
+            free(scratch)
         return 0
 
     cdef int _array_reverse(self, Py_ssize_t s, double* w, dict wa, double* adj,
@@ -1176,8 +1639,11 @@ cdef class Tape:
                       const unsigned char* lead) except -1:
         cdef Py_ssize_t hi = self.n, s
         cdef list slots = self.array_slots
-        cdef Py_ssize_t k
-        for k in range(len(slots) - 1, -2, -1):
+        cdef Py_ssize_t k = len(slots) - 1
+        # fused groups read only their inputs and outputs: fine after any replay
+        cdef list plan = None if self.nofuse else self._fusion_plan()
+        cdef FusedGroup g
+        while k >= -1:
             s = slots[k] if k >= 0 else -1
             if hi > s + 1:
                 if hi - s - 1 >= NOGIL_MIN_SCALARS:
@@ -1186,8 +1652,16 @@ cdef class Tape:
                 else:
                     reverse_scalars(self.ins, w, adj, s + 1, hi)
             if s >= 0:
+                if plan is not None and plan[k] is not None:
+                    # s is the group's last member (slots first .. s, nothing between)
+                    g = <FusedGroup>plan[k]
+                    self._fused_reverse(g, w, wa, adj, aadj, abufs, lead)
+                    k -= g.nm
+                    hi = g.first
+                    continue
                 self._array_reverse(s, w, wa, adj, aadj, abufs, lead)
             hi = s
+            k -= 1
         return 0
 
     def backward(self, seeds, bint replayed=False, _work=None, wrt=None):
@@ -1743,10 +2217,12 @@ cdef class Tape:
         rp.wa = dict(self.avals)
         return rp
 
-    def _replay_pooled(self, values):
+    def _replay_pooled(self, values, bint fused=False):
         """replay() into an idle workspace of this tape: its result and adjoint
         buffers are reused, so nothing is allocated per element-wise instruction.
-        The caller copies what it hands out, then gives it back with _release."""
+        The caller copies what it hands out, then gives it back with _release.
+        ``fused``: fused groups materialise only their outputs (for a caller that
+        reads the tape's outputs and sweeps with backward, nothing else)."""
         if self.recording:
             raise TapeError("the recording has not finished")
         if self.in_leaves is None:
@@ -1762,7 +2238,7 @@ cdef class Tape:
             rp = self._new_replay()
             rp.bufs = {}
             rp.abufs = {}
-        self._fill_replay(rp, values)
+        self._fill_replay(rp, values, fused)
         return rp
 
     def _release(self, Replay rp):
@@ -1771,7 +2247,7 @@ cdef class Tape:
             rp.tape = None           # a pooled workspace must not keep its tape alive
             self.pool.append(rp)
 
-    cdef int _fill_replay(self, Replay rp, values) except -1:
+    cdef int _fill_replay(self, Replay rp, values, bint fused=False) except -1:
         memcpy(rp.w, self.val, self.n * sizeof(double))
         cdef Py_ssize_t si
         for (slot, shape, dt), v in zip(self.in_leaves, values):
@@ -1791,7 +2267,7 @@ cdef class Tape:
                     raise ValueError(f"input of shape {v.shape} and dtype {v.dtype} for a "
                                      f"recorded {self.avals[si].shape} {self.avals[si].dtype}")
                 rp.wa[si] = _contig(v)
-        self._forward(rp.w, rp.wa, rp.bufs)
+        self._forward(rp.w, rp.wa, rp.bufs, fused)
         return 0
 
     def value_at(self, Py_ssize_t slot, Replay rp=None):

@@ -564,7 +564,8 @@ def _out_values(tape: Tape, rp) -> Any:
 
 
 def _tape_call(tape: Tape, args) -> Any:
-    rp = tape._replay_pooled(_replay_inputs(tape, args))
+    # fused: only the outputs are read
+    rp = tape._replay_pooled(_replay_inputs(tape, args), True)
     try:
         return _out_values(tape, rp)        # copies: the workspace is reused
     finally:
@@ -588,7 +589,8 @@ def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
         if tape.in_tree is None:
             raise TapeError("only tapes made by adcore.record can be replayed")
         nums = _argnums(argnums, len(tape.in_tree.children))
-    rp = tape._replay_pooled(_replay_inputs(tape, args))
+    # fused: the outputs and the (fused) reverse sweep read nothing else
+    rp = tape._replay_pooled(_replay_inputs(tape, args), True)
     try:
         return _gradient_of(tape, args, rp, argnums, nums)   # hands over: the workspace is reused
     finally:

@@ -1,0 +1,242 @@
+"""Fused element-wise groups in the tape's replay and reverse sweep.
+
+A run of element-wise float64 instructions of one shape replays as one block
+loop (Tape._fused_groups lists the groups); values read only inside the group
+are never stored.  The fused sweeps must give bitwise the numbers of the
+unfused ones (Tape._fusion = False, a test hook), including the signs of zeros,
+infinities and NaNs: every element's sums are taken in the same order.
+"""
+
+import numpy as np
+import pytest
+
+import adcore
+from adcore.errors import TapeError
+
+UNARY = [adcore.sin, adcore.exp, adcore.log, adcore.tanh, adcore.sqrt, adcore.abs,
+         adcore.neg, adcore.relu, adcore.sigmoid, adcore.cbrt, adcore.atan]
+BINARY = [adcore.add, adcore.sub, adcore.mul, adcore.div, adcore.pow, adcore.maximum,
+          adcore.hypot, adcore.atan2]
+SPECIAL = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-300, -1e308]
+
+
+def _bits(a):
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    return a.view(np.int64).copy()
+
+
+def _same(a, b):
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return np.array_equal(_bits(a), _bits(b))
+
+
+def _program(rng, nops, nsums):
+    """A random element-wise program of x (array), y (array) and s (scalar):
+    repeated operands (a * a), constants on either side, where, pow, and sums
+    of some intermediates (values read outside the group)."""
+    steps = []
+    for i in range(nops):
+        kind = rng.integers(0, 6)
+        if kind == 0:
+            steps.append(("u", int(rng.integers(len(UNARY)))))
+        elif kind in (1, 2):
+            steps.append(("b", int(rng.integers(len(BINARY))), int(rng.integers(0, 4)),
+                          float(rng.choice([2.0, -1.5, 0.5, 3.0, 0.0]))))
+        elif kind == 3:
+            steps.append(("w",))
+        elif kind == 4:
+            steps.append(("sq",))          # v ** 2 (the x * x kernel)
+        else:
+            steps.append(("s", int(rng.integers(0, 2))))   # the scalar input
+    picks = [int(rng.integers(0, 1 << 30)) for _ in range(nops)]
+    sums = sorted(set(int(k) for k in rng.integers(0, nops, nsums)))
+
+    def f(x, y, s):
+        vals = [x, y]
+        for i, st in enumerate(steps):
+            a = vals[picks[i] % len(vals)]
+            b = vals[(picks[i] // 7) % len(vals)]
+            if st[0] == "u":
+                v = UNARY[st[1]](a)
+            elif st[0] == "b":
+                op, side, c = BINARY[st[1]], st[2], st[3]
+                if side == 0:
+                    v = op(a, b)
+                elif side == 1:
+                    v = op(a, a)
+                elif side == 2:
+                    v = op(a, c)
+                else:
+                    v = op(c, a)
+            elif st[0] == "w":
+                v = adcore.where(a > b, a, b * 0.5)
+            elif st[0] == "sq":
+                v = a ** 2
+            else:
+                v = a * s if st[1] else s - a
+            vals.append(v)
+        out = vals[-1].sum()
+        for k in sums:
+            out = out + 0.25 * vals[2 + k].sum()
+        return out
+    return f
+
+
+def _inputs(rng, n, special):
+    x = rng.normal(size=n) * 2
+    y = rng.normal(size=n)
+    if special:
+        for a in (x, y):
+            idx = rng.integers(0, n, max(1, n // 5))
+            a[idx] = rng.choice(SPECIAL, len(idx))
+    return x, y, float(rng.normal())
+
+
+def _both(tape, call):
+    """call(tape) fused and unfused."""
+    tape._fusion = True
+    fused = call(tape)
+    tape._fusion = False
+    try:
+        plain = call(tape)
+    finally:
+        tape._fusion = True
+    return fused, plain
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_programs_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([1, 5, 255, 256, 257, 1000, 5000]))
+    f = _program(rng, int(rng.integers(2, 12)), int(rng.integers(0, 3)))
+    x, y, s = _inputs(rng, n, special=False)
+    with np.errstate(all="ignore"):
+        tape = adcore.record(f, x, y, s)
+        assert tape._fused_groups()          # the runs of element-wise steps fuse
+        for special in (False, True, True):
+            x2, y2, s2 = _inputs(rng, n, special)
+            vf, vp = _both(tape, lambda t: t(x2, y2, s2))
+            assert _same(vf, vp)
+            g_all, gp = _both(tape, lambda t: t.gradient(x2, y2, s2))
+            assert _same(g_all, gp), (seed, special)
+            for argnums in (0, (1, 2), 2):
+                gf, gp = _both(tape, lambda t: t.gradient(x2, y2, s2, argnums=argnums))
+                assert _same(gf, gp), (seed, special, argnums)
+            # a fused sweep after other sweeps on the pooled workspace: the same again
+            assert _same(tape.gradient(x2, y2, s2), g_all)
+
+
+def test_groups_found_for_rosenbrock():
+    def rosen(x):
+        a = x[:-1]
+        return (100 * (x[1:] - a * a) ** 2 + (1 - a) ** 2).sum()
+    x = np.linspace(-1.0, 2.0, 3000)
+    tape = adcore.record(rosen, x)
+    groups = tape._fused_groups()
+    assert len(groups) == 1
+    first, nm, inputs, outputs = groups[0]
+    assert nm == 7 and len(inputs) == 2
+    assert outputs == (False,) * 6 + (True,)       # only the summed value is stored
+    y = np.random.default_rng(3).normal(size=3000)
+    g = tape.gradient(y)
+    a, b = y[:-1], y[1:]
+    want = np.zeros_like(y)
+    want[:-1] = -400 * a * (b - a * a) - 2 * (1 - a)
+    want[1:] += 200 * (b - a * a)
+    np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-9)
+    gf, gp = _both(tape, lambda t: t.gradient(y))
+    assert _same(gf, gp)
+
+
+def test_internal_values_are_not_kept():
+    def f(x):
+        return (adcore.sin(x) * 2.0 + 1.0).sum()
+    x = np.linspace(0.0, 1.0, 50)
+    tape = adcore.record(f, x)
+    (first, nm, inputs, outputs), = tape._fused_groups()
+    assert nm == 3 and outputs == (False, False, True)
+    rp = tape._replay_pooled([x + 1.0], True)
+    try:
+        with pytest.raises(TapeError, match="fused group"):
+            tape.value_at(first, rp)
+        np.testing.assert_array_equal(tape.value_at(first + 2, rp), np.sin(x + 1.0) * 2.0 + 1.0)
+    finally:
+        tape._release(rp)
+    # an unfused replay (tape.jacobian, the batched maps) still has every value
+    rp = tape._replay_pooled([x + 1.0])
+    try:
+        np.testing.assert_array_equal(tape.value_at(first, rp), np.sin(x + 1.0))
+    finally:
+        tape._release(rp)
+    assert _same(tape.gradient(x + 1.0), 2.0 * np.cos(x + 1.0))
+
+
+def test_value_read_outside_is_an_output_and_seeded():
+    # u is read by a sum after the group: stored, and its adjoint comes from outside
+    def f(x):
+        u = x * x
+        v = adcore.exp(u) - u
+        return v.sum() + 3.0 * u.sum()
+    x = np.linspace(-1.0, 1.0, 700)
+    tape = adcore.record(f, x)
+    (first, nm, inputs, outputs), = tape._fused_groups()
+    assert outputs[0] is True
+    y = x[::-1].copy()
+    gf, gp = _both(tape, lambda t: t.gradient(y))
+    assert _same(gf, gp)
+    np.testing.assert_allclose(gf, 2 * y * (np.exp(y * y) - 1.0) + 6.0 * y, rtol=1e-13)
+
+
+def test_branch_checked_value_is_not_fused():
+    def f(x):
+        u = x * 2.0
+        if u.sum() > 0:                 # a checked comparison, outside the group
+            return (u * u + 1.0).sum()
+        return (u - 1.0).sum()
+    x = np.linspace(0.0, 1.0, 10)
+    tape = adcore.record(f, x)
+    gf, gp = _both(tape, lambda t: t.gradient(x + 0.5))
+    assert _same(gf, gp)
+    with pytest.raises(adcore.BranchChangedError):
+        tape.gradient(x - 5.0)
+
+
+def test_float32_and_mixed_shapes_stay_correct():
+    def f(x, m):
+        u = adcore.tanh(x) * x          # float32: not fused, still right
+        w = m * 2.0 + 1.0               # (3, 4) float64
+        return u.sum() + (w * w).sum()
+    x = np.linspace(-1, 1, 300).astype(np.float32)
+    m = np.arange(12.0).reshape(3, 4)
+    tape = adcore.record(f, x, m)
+    assert all(nm >= 2 for _, nm, _, _ in tape._fused_groups())
+    gf, gp = _both(tape, lambda t: t.gradient(x * 0.5, m - 1.0))
+    assert _same(gf, gp)
+    assert gf[0].dtype == np.float32
+
+
+def test_threads_share_a_fused_tape():
+    import threading
+
+    def rosen(x):
+        a = x[:-1]
+        return (100 * (x[1:] - a * a) ** 2 + (1 - a) ** 2).sum()
+    tape = adcore.record(rosen, np.zeros(9000))
+    pts = [np.random.default_rng(k).normal(size=9000) for k in range(6)]
+    want = []
+    tape._fusion = False
+    for p in pts:
+        want.append(tape.gradient(p))
+    tape._fusion = True
+    got = [None] * len(pts)
+
+    def work(k):
+        for _ in range(3):
+            got[k] = tape.gradient(pts[k])
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(len(pts))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert all(_same(g, w) for g, w in zip(got, want))
