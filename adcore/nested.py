@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import array_ops as _ao
+from ._dual import Dual, DualArray, wrap_forward
 from ._rules import RULES
 from .dispatch import apply
 from .errors import NestingError
@@ -130,87 +132,27 @@ class NestedDual:
 
     @classmethod
     def _ad_apply(cls, op: int, args: Sequence[Any]) -> Any:
-        tag = _top_tag(args)
-        values, tangents, k = _split_args(args, tag)
-        r = apply(op, values)
-        parts = partial_functions[op]
-        out: List[Any] = [0.0] * k
-        for i, ts in enumerate(tangents):
-            if ts is None:
-                continue
-            p = parts[i]
-            if type(p) is not float:
-                p = p(*values, r)
-            if type(p) is float:
-                if p == 0.0:
-                    continue  # a zero partial contributes exactly 0, whatever the tangent
-                if p == -1.0:
-                    # o - t is o + (-t) exactly: one subtraction, no negation
-                    for j, t in enumerate(ts):
-                        if not _is_zero(t):
-                            o = out[j]
-                            out[j] = -t if _is_zero(o) else o - t
-                    continue
-            for j, t in enumerate(ts):
-                if _is_zero(t):
-                    continue
-                term = _times(t, p)
-                o = out[j]
-                out[j] = term if _is_zero(o) else o + term
-        return _build(r, out, tag)
+        return _apply_nested(op, args, _top_tag(args))
 
     @classmethod
     def _ad_primitive(cls, prim: Any, args: Sequence[Any], params: Dict[str, Any]) -> Any:
-        tag = _top_tag(args)
-        values, tangents, k = _split_args(args, tag)
-        active = False
-        for v in values:
-            if getattr(v, "_ad_tag", None) is not None:
-                active = True
-                break
-        else:
-            for ts in tangents:
-                if ts is not None and any(getattr(t, "_ad_tag", None) is not None for t in ts):
-                    active = True
-                    break
-        if not active:
-            return _plain_primitive(prim, values, tangents, params, tag)
-        # parts of outer differentiations: the value and the jvp rule run on them
-        # through the dispatcher (jvp rules use only adcore operations), so every outer
-        # differentiation sees ordinary primitive calls on its own values
-        out = prim(*values, **params)
-        if prim in _linear() and None not in tangents:
-            # a linear primitive's tangent in each direction is the primitive of that
-            # direction's tangents (its jvp rule, without stacking and splitting)
-            return _build(out, [prim(*[_tangent_as(ts[j], v) for v, ts in zip(values, tangents)],
-                                     **params) for j in range(k)], tag)
-        # the k directions travel stacked on a leading axis, as in plain forward mode
-        from .array_ops import getitem
-        dxs = [None if ts is None else _stacked(ts, v) for v, ts in zip(values, tangents)]
-        t = prim.jvp(values, dxs, out, **params)
-        want = (k,) + tuple(np.shape(_primal(out)))
-        if tuple(np.shape(_primal(t))) != want:
-            raise ValueError(f"forward mode: adcore.{prim.name}'s jvp gave tangents of "
-                             f"shape {np.shape(_primal(t))} for a result of shape "
-                             f"{want[1:]} (expected {want})")
-        return _build(out, [getitem(t, j) for j in range(k)], tag)
+        return _primitive_nested(prim, args, params, _top_tag(args))
 
-    # -- operators: everything dispatches
+    # -- operators: NestedDual's own rule unless the other operand owns the operation
 
-    def __add__(self, o): return _binary(0, self, o)
-    def __radd__(self, o): return _binary(0, o, self)
-    def __sub__(self, o): return _binary(1, self, o)
-    def __rsub__(self, o): return _binary(1, o, self)
-    def __mul__(self, o): return _binary(2, self, o)
-    def __rmul__(self, o): return _binary(2, o, self)
-    def __truediv__(self, o): return _binary(3, self, o)
-    def __rtruediv__(self, o): return _binary(3, o, self)
-    def __pow__(self, o): return _binary(5, self, o)
-    def __rpow__(self, o): return _binary(5, o, self)
-    def __neg__(self): return apply(_OP["neg"], (self,))
+    def __add__(self, o): return _binary(0, self, o, o)
+    def __radd__(self, o): return _binary(0, o, self, o)
+    def __sub__(self, o): return _binary(1, self, o, o)
+    def __rsub__(self, o): return _binary(1, o, self, o)
+    def __mul__(self, o): return _binary(2, self, o, o)
+    def __rmul__(self, o): return _binary(2, o, self, o)
+    def __truediv__(self, o): return _binary(3, self, o, o)
+    def __rtruediv__(self, o): return _binary(3, o, self, o)
+    def __pow__(self, o): return _binary(5, self, o, o)
+    def __rpow__(self, o): return _binary(5, o, self, o)
+    def __neg__(self): return _apply_nested(_OP["neg"], (self,), self._ad_tag)
     def __pos__(self): return self
-    def __abs__(self): return apply(_OP["abs"], (self,))
-
+    def __abs__(self): return _apply_nested(_OP["abs"], (self,), self._ad_tag)
     # Reads and comparisons go one level down, to the value's own type, so an outer
     # tape records them and a replay that would take another branch says so.
     def __float__(self) -> float:
@@ -255,41 +197,33 @@ class NestedDual:
             yield self[i]
 
     def __getitem__(self, index: Any) -> Any:
-        from .array_ops import getitem
-        return getitem(self, index)
+        return _ao.getitem(self, index)
 
     def __matmul__(self, o: Any) -> Any:
-        from .array_ops import matmul
-        return matmul(self, o) if _is_operand(o) else NotImplemented
+        return _ao.matmul(self, o) if _is_operand(o) else NotImplemented
 
     def __rmatmul__(self, o: Any) -> Any:
-        from .array_ops import matmul
-        return matmul(o, self) if _is_operand(o) else NotImplemented
+        return _ao.matmul(o, self) if _is_operand(o) else NotImplemented
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Any:
-        from .array_ops import sum as sum_
-        return sum_(self, axis=axis, keepdims=keepdims)
+        return _ao.sum(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> Any:
-        from .array_ops import mean
-        return mean(self, axis=axis, keepdims=keepdims)
+        return _ao.mean(self, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape: Any) -> Any:
-        from .array_ops import reshape
         if len(shape) == 1 and not isinstance(shape[0], int):
             shape = shape[0]
-        return reshape(self, shape)
+        return _ao.reshape(self, shape)
 
     def transpose(self, *axes: Any) -> Any:
-        from .array_ops import transpose
         if len(axes) == 1 and not isinstance(axes[0], int):
             axes = axes[0]
-        return transpose(self, tuple(axes) if axes else None)
+        return _ao.transpose(self, tuple(axes) if axes else None)
 
     @property
     def T(self) -> Any:
-        from .array_ops import transpose
-        return transpose(self)
+        return _ao.transpose(self)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         from . import numpy_api
@@ -300,6 +234,80 @@ class NestedDual:
         return numpy_api.array_function(self, func, types, args, kwargs)
 
 
+def _apply_nested(op: int, args: Sequence[Any], tag: int) -> Any:
+    """Rule op on args, owned by NestedDual of tag: the value by dispatch, each
+    direction's tangent from the rule's partials."""
+    values, tangents, k = _split_args(args, tag)
+    r = apply(op, values)
+    parts = partial_functions[op]
+    out: List[Any] = [0.0] * k
+    for i, ts in enumerate(tangents):
+        if ts is None:
+            continue
+        p = parts[i]
+        if type(p) is not float:
+            p = p(*values, r)
+        if type(p) is float:
+            if p == 0.0:
+                continue  # a zero partial contributes exactly 0, whatever the tangent
+            if p == -1.0:
+                # o - t is o + (-t) exactly: one subtraction, no negation
+                for j, t in enumerate(ts):
+                    if not _is_zero(t):
+                        o = out[j]
+                        out[j] = -t if _is_zero(o) else _sum2(1, o, t)
+                continue
+        for j, t in enumerate(ts):
+            if _is_zero(t):
+                continue
+            term = _times(t, p)
+            o = out[j]
+            out[j] = term if _is_zero(o) else _sum2(0, o, term)
+    return _build(r, out, tag)
+
+
+def _sum2(op: int, a: Any, b: Any) -> Any:
+    """a + b (op 0) or a - b (op 1) of two tangent terms: numpy's or Python's for
+    plain ones, else the rule by dispatch (not through numpy's protocol)."""
+    if getattr(a, "_ad_tag", None) is None and getattr(b, "_ad_tag", None) is None:
+        return a + b if op == 0 else a - b
+    return apply(op, (a, b))
+
+
+def _primitive_nested(prim: Any, args: Sequence[Any], params: Dict[str, Any], tag: int) -> Any:
+    values, tangents, k = _split_args(args, tag)
+    active = False
+    for v in values:
+        if getattr(v, "_ad_tag", None) is not None:
+            active = True
+            break
+    else:
+        for ts in tangents:
+            if ts is not None and any(getattr(t, "_ad_tag", None) is not None for t in ts):
+                active = True
+                break
+    if not active:
+        return _plain_primitive(prim, values, tangents, params, tag)
+    # parts of outer differentiations: the value and the jvp rule run on them
+    # through the dispatcher (jvp rules use only adcore operations), so every outer
+    # differentiation sees ordinary primitive calls on its own values
+    out = prim(*values, **params)
+    if prim in _linear() and None not in tangents:
+        # a linear primitive's tangent in each direction is the primitive of that
+        # direction's tangents (its jvp rule, without stacking and splitting)
+        return _build(out, [prim(*[_tangent_as(ts[j], v) for v, ts in zip(values, tangents)],
+                                 **params) for j in range(k)], tag)
+    # the k directions travel stacked on a leading axis, as in plain forward mode
+    dxs = [None if ts is None else _stacked(ts, v) for v, ts in zip(values, tangents)]
+    t = prim.jvp(values, dxs, out, **params)
+    want = (k,) + tuple(np.shape(_primal(out)))
+    if tuple(np.shape(_primal(t))) != want:
+        raise ValueError(f"forward mode: adcore.{prim.name}'s jvp gave tangents of "
+                         f"shape {np.shape(_primal(t))} for a result of shape "
+                         f"{want[1:]} (expected {want})")
+    return _build(out, [_ao.getitem(t, j) for j in range(k)], tag)
+
+
 _LINEAR: Any = None
 
 
@@ -308,9 +316,8 @@ def _linear() -> Any:
     jvp in one direction is the primitive applied to that direction's tangents."""
     global _LINEAR
     if _LINEAR is None:
-        from . import array_ops as ao
-        _LINEAR = frozenset((ao._getitem, ao._sum, ao._mean, ao._reshape, ao._transpose,
-                             ao._broadcast_to, ao._concatenate, ao._stack))
+        _LINEAR = frozenset((_ao._getitem, _ao._sum, _ao._mean, _ao._reshape, _ao._transpose,
+                             _ao._broadcast_to, _ao._concatenate, _ao._stack))
     return _LINEAR
 
 
@@ -321,11 +328,12 @@ def _tangent_as(t: Any, value: Any) -> Any:
     shape = tuple(np.shape(_primal(value)))
     if getattr(t, "_ad_tag", None) is None:
         dt = np.asarray(_primal(value)).dtype
-        return np.broadcast_to(np.asarray(t, dtype=dt if dt == np.float32 else np.float64),
-                               shape)
+        dt = dt if dt == np.float32 else np.dtype(np.float64)
+        if type(t) is np.ndarray and t.dtype == dt and t.shape == shape:
+            return t
+        return np.broadcast_to(np.asarray(t, dtype=dt), shape)
     if tuple(np.shape(_primal(t))) != shape:
-        from .array_ops import broadcast_to
-        return broadcast_to(t, shape)
+        return _ao.broadcast_to(t, shape)
     return t
 
 
@@ -333,7 +341,6 @@ def _stacked(ts: List[Any], value: Any) -> Any:
     """One argument's k tangents as one array with a leading axis of k directions;
     each tangent broadcast to the value's shape first (a rule's tangent keeps the
     shape of the input it came from)."""
-    from .array_ops import broadcast_to, stack
     shape = tuple(np.shape(_primal(value)))
     dt = np.asarray(_primal(value)).dtype
     dt = dt if dt == np.float32 else np.dtype(np.float64)
@@ -342,17 +349,16 @@ def _stacked(ts: List[Any], value: Any) -> Any:
         if getattr(t, "_ad_tag", None) is None:
             parts.append(np.broadcast_to(np.asarray(t, dtype=dt), shape))
         elif tuple(np.shape(_primal(t))) != shape:
-            parts.append(broadcast_to(t, shape))
+            parts.append(_ao.broadcast_to(t, shape))
         else:
             parts.append(t)
     if all(getattr(p, "_ad_tag", None) is None for p in parts):
         return np.stack(parts)
-    return stack(parts, axis=0)
+    return _ao.stack(parts, axis=0)
 
 
 def _plain_primitive(prim: Any, values: List[Any], tangents: List[Optional[List[Any]]],
                      params: Dict[str, Any], tag: int) -> Any:
-    from ._dual import wrap_forward
     xs = [np.asarray(v) if not isinstance(v, (float, int)) else v for v in values]
     dxs = [None if ts is None else np.stack([np.broadcast_to(np.asarray(t, dtype=float),
                                                              np.shape(x)) for t in ts])
@@ -370,9 +376,17 @@ def _is_operand(x: Any) -> bool:
             or isinstance(x, (float, int, np.ndarray, np.generic)))
 
 
-def _binary(op: int, a: Any, b: Any) -> Any:
-    if not (_is_operand(a) and _is_operand(b)):
-        return NotImplemented
+def _binary(op: int, a: Any, b: Any, other: Any) -> Any:
+    """Operator op of a NestedDual and ``other`` (a or b): NestedDual's rule unless
+    other is a value that owns the operation (a larger tag, or rank at one tag)."""
+    otag = getattr(other, "_ad_tag", None)
+    if otag is None:
+        if not isinstance(other, (float, int, np.ndarray, np.generic)):
+            return NotImplemented
+        return _apply_nested(op, (a, b), (b if other is a else a)._ad_tag)
+    own = (b if other is a else a)._ad_tag
+    if otag < own or (otag == own and other._ad_rank <= 2):
+        return _apply_nested(op, (a, b), own)
     return apply(op, (a, b))
 
 
@@ -408,7 +422,6 @@ def _top_tag(args: Sequence[Any]) -> int:
 
 def _split_args(args: Sequence[Any], tag: int) -> Tuple[List[Any], List[Optional[List[Any]]], int]:
     """Each argument's value part and tangent parts (None for a constant of tag)."""
-    from ._dual import Dual, DualArray
     values: List[Any] = []
     tangents: List[Optional[List[Any]]] = []
     k = -1
@@ -443,7 +456,6 @@ def _build(r: Any, tangents: List[Any], tag: int) -> Any:
     """The result: a plain Dual/DualArray when every part is plain, else a NestedDual."""
     if getattr(r, "_ad_tag", None) is None and not any(
             getattr(t, "_ad_tag", None) is not None for t in tangents):
-        from ._dual import wrap_forward
         shape = np.shape(r)
         dt = np.asarray(r).dtype
         dt = dt if dt == np.float32 else np.float64
