@@ -8,6 +8,8 @@ Names in scope of a template:
   rules        the RULES tuple of adcore/_rules.py
   c_partial    c_partial(rule, i) -> C (Cython) expression of d result / d input i
   args_of      args_of(rule) -> ("x", "y", ...) the input names
+  partial_reads partial_reads(rule, i) -> bits of x, y, z, r (1, 2, 4, 8) that
+               the partial of input i reads
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def args_of(rule):
     return INPUTS[: rule.arity]
 
 
+def partial_reads(rule, i):
+    """Bits of the values the partial of input i reads: 1 x, 2 y, 4 z, 8 r."""
+    names = {n.id for n in ast.walk(ast.parse(rule.partials[i], mode="eval"))
+             if isinstance(n, ast.Name)}
+    return sum(bit for name, bit in (("x", 1), ("y", 2), ("z", 4), ("r", 8)) if name in names)
+
+
 def render_all(verbose=False):
     from Cython.Tempita import sub
 
@@ -77,7 +86,7 @@ def render_all(verbose=False):
         if len(rule.partials) != rule.arity or len(rule.domain) != rule.arity:
             raise ValueError(f"rule {rule.name}: arity {rule.arity} but "
                              f"{len(rule.partials)} partials / {len(rule.domain)} domains")
-    namespace = dict(rules=rules, args_of=args_of,
+    namespace = dict(rules=rules, args_of=args_of, partial_reads=partial_reads,
                      c_partial=lambda rule, i: c_partial(rule, i, rules))
     written = []
     for template in sorted(PACKAGE.rglob("*.tp")):
