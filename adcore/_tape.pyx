@@ -566,6 +566,7 @@ cdef class Tape:
     cdef list xaux                  # per primitive in aux: what its sweeps need (_prim_plan)
     cdef list fuse_at               # per array_slots index: its FusedGroup (_fusion_plan)
     cdef frozenset fuse_sums        # sum slots whose reverse a fused group does
+    cdef object fuse_outs           # the out_leaves fuse_at was worked out with
     cdef bint nofuse                # test hook (_fusion): run every instruction unfused
 
     def __cinit__(self):
@@ -1191,8 +1192,10 @@ cdef class Tape:
         blocks of two members would interleave those sums).  Consecutive slots: no
         other instruction runs between two members in either sweep, so every
         adjoint receives its contributions in the unfused order."""
-        if self.fuse_at is not None:
+        # worked out again if out_leaves (a public attribute) was set since
+        if self.fuse_at is not None and self.fuse_outs is self.out_leaves:
             return self.fuse_at if len(self.fuse_at) else None
+        self.fuse_outs = self.out_leaves
         cdef list slots = self.array_slots
         cdef Py_ssize_t m = len(slots), k, s, prev = -2
         runs = []
