@@ -354,6 +354,13 @@ cdef inline bint _is_f64(object dt):
     return dt is _f64 or dt == _f64
 
 
+cdef inline bint _is_dt(object dt, bint f32):
+    """dt is float32 (f32) or float64, by identity first."""
+    if f32:
+        return dt is _f32 or dt == _f32
+    return dt is _f64 or dt == _f64
+
+
 cdef inline bint _is_number(object x):
     return isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_))
 
@@ -518,6 +525,114 @@ cdef void fused_reverse(const FMember* mem, Py_ssize_t nm, const double* const* 
         i0 += FUSE_BLOCK
 
 
+# float32 groups: the same loops over float blocks with the float kernels (every
+# element computed in double and rounded once, as unfused).  A float32 group has
+# no scalar operand: the float kernel sums a scalar's adjoint per call, so blocks
+# would change that sum's rounding.
+
+cdef inline float* _fval_f32(float* const* vals, float* scratch, Py_ssize_t j,
+                             Py_ssize_t i0) noexcept nogil:
+    if vals[j] != NULL:
+        return vals[j] + i0
+    return scratch + j * FUSE_BLOCK
+
+
+cdef inline void _fargs_f32(const FMember* m, EwArgF* e, const float* const* inp,
+                            float* const* vals, float* scratch, const double* w,
+                            Py_ssize_t i0) noexcept nogil:
+    cdef int k
+    for k in range(3):
+        e[k].p = NULL
+        e[k].g = NULL
+        e[k].gs = NULL
+        e[k].c = 0.0
+        e[k].st = 0
+        if k >= m.ar:
+            continue
+        if m.a[k].kind == FO_INPUT:
+            e[k].p = inp[m.a[k].j] + i0
+            e[k].st = 1
+        elif m.a[k].kind == FO_MEMBER:
+            e[k].p = _fval_f32(vals, scratch, m.a[k].j, i0)
+            e[k].st = 1
+        elif m.a[k].kind == FO_SCALAR:
+            e[k].c = w[m.a[k].j]
+        else:
+            e[k].c = m.a[k].c
+
+
+cdef void fused_forward_f32(const FMember* mem, Py_ssize_t nm, const float* const* inp,
+                            float* const* vals, float* scratch, const double* w,
+                            Py_ssize_t n) noexcept nogil:
+    """fused_forward over float blocks."""
+    cdef Py_ssize_t i0, L, j
+    cdef EwArgF e[3]
+    i0 = 0
+    while i0 < n:
+        L = n - i0 if n - i0 < FUSE_BLOCK else FUSE_BLOCK
+        for j in range(nm):
+            _fargs_f32(&mem[j], e, inp, vals, scratch, w, i0)
+            ew_value_f32(mem[j].op, e, _fval_f32(vals, scratch, j, i0), L)
+        i0 += FUSE_BLOCK
+
+
+cdef void fused_reverse_f32(const FMember* mem, Py_ssize_t nm, const float* const* inp,
+                            float* const* vals, float* scratch, const double* w,
+                            double* adj, float* const* gmem, float* const* ginp,
+                            const unsigned char* act, const unsigned char* want,
+                            const unsigned char* fresh, const unsigned char* cmode,
+                            const double* cval, const unsigned char* need,
+                            Py_ssize_t n) noexcept nogil:
+    """fused_reverse over float blocks (a summed member's cotangent is the float
+    the sum's vjp would spread: cval rounded to float)."""
+    cdef Py_ssize_t i0, L, j, jj, i
+    cdef int k
+    cdef EwArgF e[3]
+    cdef float* gsc = scratch + nm * FUSE_BLOCK
+    cdef float* gout
+    cdef float c
+    cdef const FMember* m
+    i0 = 0
+    while i0 < n:
+        L = n - i0 if n - i0 < FUSE_BLOCK else FUSE_BLOCK
+        for j in range(nm):
+            if vals[j] == NULL and need[j]:
+                _fargs_f32(&mem[j], e, inp, vals, scratch, w, i0)
+                ew_value_f32(mem[j].op, e, scratch + j * FUSE_BLOCK, L)
+            if cmode[j] == 1:
+                c = <float>cval[j]
+                gout = gsc + j * FUSE_BLOCK
+                for i in range(L):
+                    gout[i] = c
+            elif cmode[j] == 2:
+                c = <float>cval[j]
+                gout = gmem[j] + i0
+                for i in range(L):
+                    gout[i] = gout[i] + c
+        j = nm - 1
+        while j >= 0:
+            if act[j]:
+                m = &mem[j]
+                _fargs_f32(m, e, inp, vals, scratch, w, i0)
+                for k in range(m.ar):
+                    if not want[3 * j + k]:
+                        continue
+                    if m.a[k].kind == FO_INPUT:
+                        e[k].g = ginp[m.a[k].j] + i0
+                    elif m.a[k].kind == FO_MEMBER:
+                        jj = m.a[k].j
+                        e[k].g = gmem[jj] + i0 if gmem[jj] != NULL else gsc + jj * FUSE_BLOCK
+                    else:
+                        e[k].gs = &adj[m.a[k].j]
+                        continue
+                    if fresh[3 * j + k]:
+                        memset(e[k].g, 0, L * sizeof(float))
+                gout = gmem[j] + i0 if gmem[j] != NULL else gsc + j * FUSE_BLOCK
+                ew_reverse_f32(m.op, e, _fval_f32(vals, scratch, j, i0), gout, L)
+            j -= 1
+        i0 += FUSE_BLOCK
+
+
 @cython.final
 cdef class FusedGroup:
     """One fused group of a finished tape (immutable; see _fusion)."""
@@ -526,6 +641,7 @@ cdef class FusedGroup:
     cdef Py_ssize_t first
     cdef Py_ssize_t kfirst       # index of the first member in array_slots
     cdef Py_ssize_t n            # elements
+    cdef bint f32                # float32 members (else float64)
     cdef tuple shape
     cdef tuple inputs            # group input slots
     cdef tuple outputs           # per member: its value is read outside the group
@@ -1201,28 +1317,33 @@ cdef class Tape:
         runs = []
         cur = []
         cur_shape = None
+        cur_f32 = False
         cur_scalars = set()
         for k in range(m):
             s = slots[k]
             ok = False
             shape = None
+            f32 = False
             sc = []
             desc = self.aux[self.ins[s].a0]
-            if (desc[0] == "ew" and desc[4] == _F64_STR
+            if (desc[0] == "ew" and (desc[4] == _F64_STR or desc[4] == _F32_STR)
                     and not (self.ins[s].flags & (F_CHECK | F_SCALAR))):
                 shape = tuple(desc[3])
+                f32 = desc[4] == _F32_STR
                 ok = True
                 sc = []
                 for kind, ref in desc[2]:
                     if kind == "a":
                         v = self.avals.get(ref)
-                        if v is None or not _is_f64(v.dtype) or v.shape != shape:
+                        if v is None or not _is_dt(v.dtype, f32) or v.shape != shape:
                             ok = False
                     elif kind == "s":
                         sc.append(ref)
                 if ok and len(set(sc)) != len(sc):
                     ok = False          # one scalar twice in a member: never fused
-            if ok and cur and s == prev + 1 and shape == cur_shape \
+                if ok and f32 and sc:
+                    ok = False          # float32 with a scalar operand: see _fargs_f32
+            if ok and cur and s == prev + 1 and shape == cur_shape and f32 == cur_f32 \
                     and not cur_scalars.intersection(sc):
                 cur.append(k)
                 cur_scalars.update(sc)
@@ -1231,6 +1352,7 @@ cdef class Tape:
                     runs.append(cur)
                 cur = [k] if ok else []
                 cur_shape = shape if ok else None
+                cur_f32 = f32
                 cur_scalars = set(sc) if ok else set()
             prev = s
         if len(cur) > 1:
@@ -1287,6 +1409,7 @@ cdef class Tape:
         g.kfirst = run[0]
         desc0 = self.aux[self.ins[first].a0]
         g.shape = tuple(desc0[3])
+        g.f32 = desc0[4] == _F32_STR
         g.n = 1
         for d in g.shape:
             g.n *= d
@@ -1335,41 +1458,53 @@ cdef class Tape:
         buffers; the other members are never materialised (their slots leave wa,
         so nothing can read a stale value)."""
         cdef Py_ssize_t j, ni = len(g.inputs), nm = g.nm, n = g.n
-        cdef const double** inp = NULL
-        cdef double** vals = NULL
-        cdef double* scratch = NULL
+        cdef bint f32 = g.f32
+        cdef const void** inp = NULL
+        cdef void** vals = NULL
+        cdef void* scratch = NULL
         keep = []
-        inp = <const double**>malloc((ni + 1) * sizeof(double*))
-        vals = <double**>malloc(nm * sizeof(double*))
-        scratch = <double*>malloc(nm * FUSE_BLOCK * sizeof(double))
+        dt = _f32 if f32 else _f64
+        inp = <const void**>malloc((ni + 1) * sizeof(void*))
+        vals = <void**>malloc(nm * sizeof(void*))
+        scratch = malloc(nm * FUSE_BLOCK * sizeof(double))
         try:
             if inp == NULL or vals == NULL or scratch == NULL:
                 raise MemoryError()
             for j in range(ni):
                 arr = wa[g.inputs[j]]
-                if type(arr) is not np.ndarray or not _is_f64(arr.dtype) or arr.size != n:
+                if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
                     raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
-                                    f"float64 array of {n} elements")
+                                    f"{dt} array of {n} elements")
                 keep.append(arr)
-                inp[j] = <const double*>_ptr(arr)
+                inp[j] = _ptr(arr)
             for j in range(nm):
                 s = g.first + j
                 if g.outputs[j]:
                     out = None if bufs is None else bufs.get(s)
                     if out is None:
-                        out = np.empty(g.shape, _f64)
+                        out = np.empty(g.shape, dt)
                         if bufs is not None:
                             bufs[s] = out
                     wa[s] = out
-                    vals[j] = <double*>_ptr(out)
+                    vals[j] = _ptr(out)
                 else:
                     wa.pop(s, None)
                     vals[j] = NULL
-            if n >= NOGIL_MIN_ELEMENTS:
+            if f32:
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        fused_forward_f32(g.mem, nm, <const float**>inp, <float**>vals,
+                                          <float*>scratch, w, n)
+                else:
+                    fused_forward_f32(g.mem, nm, <const float**>inp, <float**>vals,
+                                      <float*>scratch, w, n)
+            elif n >= NOGIL_MIN_ELEMENTS:
                 with nogil:
-                    fused_forward(g.mem, nm, inp, vals, scratch, w, n)
+                    fused_forward(g.mem, nm, <const double**>inp, <double**>vals,
+                                  <double*>scratch, w, n)
             else:
-                fused_forward(g.mem, nm, inp, vals, scratch, w, n)
+                fused_forward(g.mem, nm, <const double**>inp, <double**>vals,
+                              <double*>scratch, w, n)
         finally:
             free(inp)
             free(vals)
@@ -1384,12 +1519,13 @@ cdef class Tape:
         cdef Py_ssize_t j, jj, ni = len(g.inputs), nm = g.nm, n = g.n, s, ref, t
         cdef int k, i
         cdef bint any_act = False
-        cdef const double** inp = NULL
-        cdef double** vals = NULL
-        cdef double** gmem = NULL
-        cdef double** ginp = NULL
+        cdef bint f32 = g.f32
+        cdef const void** inp = NULL
+        cdef void** vals = NULL
+        cdef void** gmem = NULL
+        cdef void** ginp = NULL
         cdef unsigned char* flags = NULL
-        cdef double* scratch = NULL
+        cdef void* scratch = NULL
         cdef unsigned char* has
         cdef unsigned char* act
         cdef unsigned char* want
@@ -1400,10 +1536,11 @@ cdef class Tape:
         cdef double* cval = NULL
         cdef const FMember* m
         keep = []
-        inp = <const double**>malloc((ni + 1) * sizeof(double*))
-        ginp = <double**>calloc(ni + 1, sizeof(double*))
-        vals = <double**>malloc(nm * sizeof(double*))
-        gmem = <double**>calloc(nm, sizeof(double*))
+        dt = _f32 if f32 else _f64
+        inp = <const void**>malloc((ni + 1) * sizeof(void*))
+        ginp = <void**>calloc(ni + 1, sizeof(void*))
+        vals = <void**>malloc(nm * sizeof(void*))
+        gmem = <void**>calloc(nm, sizeof(void*))
         flags = <unsigned char*>calloc(10 * nm, 1)
         cval = <double*>calloc(nm, sizeof(double))
         try:
@@ -1420,10 +1557,10 @@ cdef class Tape:
             for j in range(nm):
                 ga = aadj.get(g.first + j)
                 if ga is not None:
-                    if type(ga) is not np.ndarray or not _is_f64(ga.dtype) or ga.size != n:
+                    if type(ga) is not np.ndarray or not _is_dt(ga.dtype, f32) or ga.size != n:
                         raise TapeError("element-wise adjoint does not fit its result")
                     keep.append(ga)
-                    gmem[j] = <double*>_ptr(ga)
+                    gmem[j] = _ptr(ga)
                     has[j] = 1
             # absorbed sums, as their own reverse would run: skipped when it leads
             # nowhere wanted or its cotangent is zero
@@ -1459,12 +1596,12 @@ cdef class Tape:
                                     if ga is None:
                                         ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
                                         fresh[3 * j + k] = 1
-                                    if (type(ga) is not np.ndarray or not _is_f64(ga.dtype)
+                                    if (type(ga) is not np.ndarray or not _is_dt(ga.dtype, f32)
                                             or ga.size != n):
                                         raise TapeError("element-wise adjoint does not fit "
                                                         "its operand")
                                     keep.append(ga)
-                                    ginp[jj] = <double*>_ptr(ga)
+                                    ginp[jj] = _ptr(ga)
                         elif m.a[k].kind == FO_SCALAR:
                             if self._needs(m.a[k].j, lead):
                                 want[3 * j + k] = 1
@@ -1497,29 +1634,42 @@ cdef class Tape:
                 j -= 1
             for j in range(ni):
                 arr = wa[g.inputs[j]]
-                if type(arr) is not np.ndarray or not _is_f64(arr.dtype) or arr.size != n:
+                if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
                     raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
-                                    f"float64 array of {n} elements")
+                                    f"{dt} array of {n} elements")
                 keep.append(arr)
-                inp[j] = <const double*>_ptr(arr)
+                inp[j] = _ptr(arr)
             for j in range(nm):
                 vals[j] = NULL
                 if g.outputs[j]:
                     arr = wa[g.first + j]
-                    if type(arr) is not np.ndarray or not _is_f64(arr.dtype) or arr.size != n:
-                        raise TapeError("element-wise result is not a float64 array of "
+                    if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
+                        raise TapeError(f"element-wise result is not a {dt} array of "
                                         f"{n} elements")
                     keep.append(arr)
-                    vals[j] = <double*>_ptr(arr)
-            scratch = <double*>calloc(2 * nm * FUSE_BLOCK, sizeof(double))
+                    vals[j] = _ptr(arr)
+            scratch = calloc(2 * nm * FUSE_BLOCK, sizeof(double))
             if scratch == NULL:
                 raise MemoryError()
-            if n >= NOGIL_MIN_ELEMENTS:
+            if f32:
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        fused_reverse_f32(g.mem, nm, <const float**>inp, <float**>vals,
+                                          <float*>scratch, w, adj, <float**>gmem,
+                                          <float**>ginp, act, want, fresh, cmode, cval,
+                                          need, n)
+                else:
+                    fused_reverse_f32(g.mem, nm, <const float**>inp, <float**>vals,
+                                      <float*>scratch, w, adj, <float**>gmem,
+                                      <float**>ginp, act, want, fresh, cmode, cval, need, n)
+            elif n >= NOGIL_MIN_ELEMENTS:
                 with nogil:
-                    fused_reverse(g.mem, nm, inp, vals, scratch, w, adj, gmem, ginp,
-                                  act, want, fresh, cmode, cval, need, n)
+                    fused_reverse(g.mem, nm, <const double**>inp, <double**>vals,
+                                  <double*>scratch, w, adj, <double**>gmem,
+                                  <double**>ginp, act, want, fresh, cmode, cval, need, n)
             else:
-                fused_reverse(g.mem, nm, inp, vals, scratch, w, adj, gmem, ginp,
+                fused_reverse(g.mem, nm, <const double**>inp, <double**>vals,
+                              <double*>scratch, w, adj, <double**>gmem, <double**>ginp,
                               act, want, fresh, cmode, cval, need, n)
         finally:
             free(cval)

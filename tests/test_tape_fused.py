@@ -127,6 +127,42 @@ def test_random_programs_bitwise(seed):
             assert _same(tape.gradient(x2, y2, s2), g_all)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_random_float32_programs_bitwise(seed):
+    rng = np.random.default_rng(1000 + seed)
+    n = int(rng.choice([1, 7, 256, 300, 5000]))
+    f = _program(rng, int(rng.integers(2, 10)), int(rng.integers(0, 3)))
+    x, y, s = _inputs(rng, n, special=False)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    with np.errstate(all="ignore"):
+        tape = adcore.record(f, x, y, s)
+        for special in (False, True):
+            x2, y2, s2 = _inputs(rng, n, special)
+            x2, y2 = x2.astype(np.float32), y2.astype(np.float32)
+            vf, vp = _both(tape, lambda t: t(x2, y2, s2))
+            assert _same(vf, vp)
+            gf, gp = _both(tape, lambda t: t.gradient(x2, y2, s2))
+            assert _same(gf, gp), (seed, special)
+            assert gf[0].dtype == np.float32 and gf[1].dtype == np.float32
+            gf, gp = _both(tape, lambda t: t.gradient(x2, y2, s2, argnums=1))
+            assert _same(gf, gp), (seed, special)
+
+
+def test_float32_groups_found():
+    def f(x):
+        h = adcore.relu(x * 2.0 - 1.0)
+        return (h * h).sum()
+    x = np.linspace(-1, 1, 3000).astype(np.float32)
+    tape = adcore.record(f, x)
+    (first, nm, inputs, outputs, sums), = tape._fused_groups()
+    assert nm == 4 and outputs == (False, False, False, True) and sums[-1] >= 0
+    y = np.cos(np.arange(3000.0)).astype(np.float32)
+    gf, gp = _both(tape, lambda t: t.gradient(y))
+    assert _same(gf, gp) and gf.dtype == np.float32
+    h = np.maximum(y * np.float32(2.0) - np.float32(1.0), 0)
+    np.testing.assert_allclose(gf, 4.0 * h * (h > 0), rtol=1e-6)
+
+
 def test_groups_found_for_rosenbrock():
     def rosen(x):
         a = x[:-1]
@@ -216,7 +252,7 @@ def test_branch_checked_value_is_not_fused():
 
 def test_float32_and_mixed_shapes_stay_correct():
     def f(x, m):
-        u = adcore.tanh(x) * x          # float32: not fused, still right
+        u = adcore.tanh(x) * x          # float32
         w = m * 2.0 + 1.0               # (3, 4) float64
         return u.sum() + (w * w).sum()
     x = np.linspace(-1, 1, 300).astype(np.float32)
