@@ -8,6 +8,8 @@ Names in scope of a template:
   rules        the RULES tuple of adcore/_rules.py
   c_partial    c_partial(rule, i) -> C (Cython) expression of d result / d input i
   args_of      args_of(rule) -> ("x", "y", ...) the input names
+  numpy_ufunc  numpy_ufunc(rule) -> numpy's ufunc name if the dual kernel takes the
+               rule's values from numpy for large arrays, else None
   partial_reads partial_reads(rule, i) -> bits of x, y, z, r (1, 2, 4, 8) that
                the partial of input i reads
 """
@@ -78,6 +80,32 @@ def partial_reads(rule, i):
     return sum(bit for name, bit in (("x", 1), ("y", 2), ("z", 4), ("r", 8)) if name in names)
 
 
+# numpy ufuncs with the rule's exact meaning, for transcendental rules whose partials
+# need only the inputs, the result, arithmetic and sqrt (no second transcendental per
+# element): numpy's vectorized exp/log/tanh/... are many times faster than libm's.
+# The dual kernel takes such a rule's values from numpy for large arrays, and only
+# such rules get a loop that reads values numpy computed.  Arithmetic, sqrt and
+# rounding vectorize in the C loop itself; sin/cos/sinh/cosh keep the C loop, where
+# value and partial share one sincos-like pass.
+NUMPY_UFUNCS = {"cbrt": "cbrt", "exp": "exp", "exp2": "exp2", "expm1": "expm1",
+                "log": "log", "log2": "log2", "log10": "log10", "log1p": "log1p",
+                "tan": "tan", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
+                "atan2": "arctan2", "hypot": "hypot", "tanh": "tanh", "asinh": "arcsinh",
+                "acosh": "arccosh", "atanh": "arctanh"}
+
+
+def numpy_ufunc(rule):
+    """numpy's name for the rule's values if the dual kernel takes them from numpy."""
+    name = NUMPY_UFUNCS.get(rule.name)
+    if name is None:
+        return None
+    for text in rule.partials:
+        for node in ast.walk(ast.parse(text, mode="eval")):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) != "sqrt":
+                return None
+    return name
+
+
 def render_all(verbose=False):
     from Cython.Tempita import sub
 
@@ -87,6 +115,7 @@ def render_all(verbose=False):
             raise ValueError(f"rule {rule.name}: arity {rule.arity} but "
                              f"{len(rule.partials)} partials / {len(rule.domain)} domains")
     namespace = dict(rules=rules, args_of=args_of, partial_reads=partial_reads,
+                     numpy_ufunc=numpy_ufunc,
                      c_partial=lambda rule, i: c_partial(rule, i, rules))
     written = []
     for template in sorted(PACKAGE.rglob("*.tp")):
