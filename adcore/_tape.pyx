@@ -1363,27 +1363,52 @@ cdef class Tape:
             self.fuse_at = []
             self.fuse_sums = frozenset()
             return None
-        # values read outside their group: by another instruction or as an output
-        readers = {}
-        for k in range(m):
-            s = slots[k]
-            desc = self.aux[self.ins[s].a0]
-            if desc[0] == "bcast":
-                readers.setdefault(desc[1], []).append(s)
-            elif desc[0] == "ew" or desc[0] == "prim":
-                for kind, ref in (desc[2] if desc[0] == "ew" else desc[3]):
-                    if kind == "a":
-                        readers.setdefault(ref, []).append(s)
-        outs = set()
-        for kind, ref in (self.out_leaves or ()):
-            if kind == "a":
-                outs.add(ref)
-        absorbed = set()
-        for run in runs:
-            g = self._make_group(run, readers, outs)
-            for k in run:
-                plan[k] = g
-            absorbed.update(t for t in g.sums if t >= 0)
+        # values read outside their group (by another instruction: how many
+        # reads, and the last reader; or as an output), counted in C arrays: this
+        # runs once per one-off sweep too (adcore.grad)
+        cdef Py_ssize_t n = self.n, r, gi
+        cdef int32_t* gid = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        cdef int32_t* cnt = <int32_t*>calloc(n + 1, sizeof(int32_t))
+        cdef Py_ssize_t* who = <Py_ssize_t*>calloc(n + 1, sizeof(Py_ssize_t))
+        try:
+            if gid == NULL or cnt == NULL or who == NULL:
+                raise MemoryError()
+            for r in range(n):
+                gid[r] = -1
+            for gi in range(len(runs)):
+                for k in runs[gi]:
+                    gid[<Py_ssize_t>slots[k]] = <int32_t>gi
+            for k in range(m):
+                s = slots[k]
+                desc = self.aux[self.ins[s].a0]
+                if desc[0] == "bcast":
+                    r = desc[1]
+                    if 0 <= r < n and gid[r] >= 0 and gid[r] != gid[s]:
+                        cnt[r] += 1
+                        who[r] = s
+                elif desc[0] == "ew" or desc[0] == "prim":
+                    for kind, ref in (desc[2] if desc[0] == "ew" else desc[3]):
+                        if kind == "a":
+                            r = ref
+                            if 0 <= r < n and gid[r] >= 0 and gid[r] != gid[s]:
+                                cnt[r] += 1
+                                who[r] = s
+            outs = set()
+            for kind, ref in (self.out_leaves or ()):
+                if kind == "a":
+                    outs.add(ref)
+            absorbed = []
+            for run in runs:
+                g = self._make_group(run, cnt, who, outs)
+                for k in run:
+                    plan[k] = g
+                for t in g.sums:
+                    if t >= 0:
+                        absorbed.append(t)
+        finally:
+            free(gid)
+            free(cnt)
+            free(who)
         self.fuse_sums = frozenset(absorbed)
         self.fuse_at = plan
         return plan
@@ -1401,9 +1426,10 @@ cdef class Tape:
         diff = desc[1].differentiable
         return diff is None or 0 in diff
 
-    cdef FusedGroup _make_group(self, list run, dict readers, set outs):
+    cdef FusedGroup _make_group(self, list run, const int32_t* cnt, const Py_ssize_t* who,
+                                set outs):
         cdef FusedGroup g = FusedGroup.__new__(FusedGroup)
-        cdef Py_ssize_t j, k, first = self.array_slots[run[0]]
+        cdef Py_ssize_t j, k, s, first = self.array_slots[run[0]]
         cdef int i
         g.nm = len(run)
         g.first = first
@@ -1420,7 +1446,6 @@ cdef class Tape:
         inputs = []
         outputs = []
         sums = []
-        last = first + g.nm - 1
         for j in range(g.nm):
             s = first + j
             desc = self.aux[self.ins[s].a0]
@@ -1444,11 +1469,11 @@ cdef class Tape:
                 else:
                     g.mem[j].a[i].kind = FO_CONST
                     g.mem[j].a[i].c = ref
-            outside = [t for t in readers.get(s, ()) if not (first <= t <= last)]
-            outputs.append(s in outs or bool(outside))
+            out = s in outs
+            outputs.append(out or cnt[s] > 0)
             # a value only summed outside the group: the sum's reverse is the group's
-            sums.append(outside[0] if len(outside) == 1 and s not in outs
-                        and self._is_full_sum(outside[0]) else -1)
+            sums.append(who[s] if cnt[s] == 1 and not out and self._is_full_sum(who[s])
+                        else -1)
         g.inputs = tuple(inputs)
         g.outputs = tuple(outputs)
         g.sums = tuple(sums)
