@@ -373,3 +373,44 @@ def test_wrt_skips_and_seeds_inside_a_group():
         for slot in (x.slot, y.slot):
             if wrt is None or slot in wrt:
                 assert _same(a.array(slot, (1000,)), b.array(slot, (1000,)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_groups_among_other_instructions(seed):
+    # members read by slices, broadcasts, reductions and as outputs of a
+    # multi-output tape: those are stored, the rest of each group is not
+    rng = np.random.default_rng(500 + seed)
+    n = int(rng.choice([4, 300, 3000]))
+    cut = int(rng.integers(1, n))
+
+    def f(x, b):
+        u = adcore.sin(x) * x + 1.0
+        v = u * u - x
+        w = adcore.tanh(v[:cut]) * 3.0            # a slice of a member, then a group
+        c = b + u[:1] * 2.0                       # a broadcast against a member
+        z = adcore.exp(-v) * u
+        return (w.sum() + adcore.max(z) * 0.5 + c.sum(), z * 2.0)
+
+    def g(x, b):
+        out, _ = f(x, b)
+        return out
+    x = rng.normal(size=n)
+    b = rng.normal(size=(3, 1))
+    with np.errstate(all="ignore"):
+        tape = adcore.record(f, x, b)
+        gtape = adcore.record(g, x, b)
+        assert len(gtape._fused_groups()) >= 2
+        for special in (False, True):
+            x2 = rng.normal(size=n)
+            if special:
+                x2[rng.integers(0, n, 2)] = rng.choice(SPECIAL, 2)
+            b2 = rng.normal(size=(3, 1))
+            vf, vp = _both(tape, lambda t: t(x2, b2))
+            assert _same(vf, vp)
+            gf, gp = _both(gtape, lambda t: t.gradient(x2, b2))
+            assert _same(gf, gp), (seed, special)
+            gf, gp = _both(gtape, lambda t: t.gradient(x2, b2, argnums=1))
+            assert _same(gf, gp), (seed, special)
+            if n <= 300:        # the Jacobian path replays every slot, unfused
+                jf, jp = _both(tape, lambda t: t.jacobian(x2, b2))
+                assert _same(jf[0], jp[0])
