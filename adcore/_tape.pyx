@@ -434,6 +434,22 @@ cdef class FusedGroup:
         free(self.mem)
 
 
+cdef int _group_inputs(FusedGroup g, dict wa, bint f32, list keep,
+                      const void** inp) except -1:
+    """The data pointers of a fused group's input arrays (kept alive in keep),
+    each checked to be an array of the group's dtype and size."""
+    cdef Py_ssize_t j
+    dt = _f32 if f32 else _f64
+    for j in range(len(g.inputs)):
+        arr = wa[g.inputs[j]]
+        if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != g.n:
+            raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
+                            f"{dt} array of {g.n} elements")
+        keep.append(arr)
+        inp[j] = _ptr(arr)
+    return 0
+
+
 # ------------------------------------------------------------------------ Tape
 @cython.final
 cdef class Tape:
@@ -1278,13 +1294,7 @@ cdef class Tape:
         try:
             if inp == NULL or vals == NULL or scratch == NULL:
                 raise MemoryError()
-            for j in range(ni):
-                arr = wa[g.inputs[j]]
-                if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
-                    raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
-                                    f"{dt} array of {n} elements")
-                keep.append(arr)
-                inp[j] = _ptr(arr)
+            _group_inputs(g, wa, f32, keep, inp)
             for j in range(nm):
                 s = g.first + j
                 if g.outputs[j]:
@@ -1440,13 +1450,7 @@ cdef class Tape:
                         if m.a[i].kind == FO_MEMBER:
                             need[m.a[i].j] = 1
                 j -= 1
-            for j in range(ni):
-                arr = wa[g.inputs[j]]
-                if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
-                    raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
-                                    f"{dt} array of {n} elements")
-                keep.append(arr)
-                inp[j] = _ptr(arr)
+            _group_inputs(g, wa, f32, keep, inp)
             for j in range(nm):
                 vals[j] = NULL
                 if g.outputs[j]:
