@@ -190,6 +190,7 @@ def _explicit(index: Tuple[Any, ...], ndim: int) -> Tuple[Any, ...]:
 
 class GetItem(Primitive):
     name = "getitem"
+    linear = True
 
     def value(self, x, *, index):
         return np.asarray(x)[index]
@@ -242,6 +243,7 @@ def getitem(x: Any, index: Any) -> Any:
 
 class Sum(Primitive):
     name = "sum"
+    linear = True
 
     def value(self, x, *, axis=None, keepdims=False):
         return np.sum(x, axis=_axes(axis, _ndim(x), "sum"), keepdims=keepdims)
@@ -271,6 +273,7 @@ class Sum(Primitive):
 
 class Mean(Primitive):
     name = "mean"
+    linear = True
 
     @staticmethod
     def _count(x, axis):
@@ -394,6 +397,7 @@ def _shape_param(shape: Any, name: str) -> Tuple[int, ...]:
 
 class Reshape(Primitive):
     name = "reshape"
+    linear = True
 
     def value(self, x, *, shape):
         return np.reshape(x, shape)
@@ -413,6 +417,7 @@ class Reshape(Primitive):
 
 class Transpose(Primitive):
     name = "transpose"
+    linear = True
 
     @staticmethod
     def _perm(x, axes):
@@ -445,6 +450,7 @@ class Transpose(Primitive):
 
 class BroadcastTo(Primitive):
     name = "broadcast_to"
+    linear = True
 
     def value(self, x, *, shape):
         return np.broadcast_to(x, shape)
@@ -673,6 +679,7 @@ def single_axis(axis: Any, ndim: int, name: str) -> int:
 
 class Concatenate(Primitive):
     name = "concatenate"
+    linear = True
 
     def value(self, *xs, axis=0):
         if not xs:
@@ -696,6 +703,7 @@ class Concatenate(Primitive):
 
 class Stack(Primitive):
     name = "stack"
+    linear = True
 
     def value(self, *xs, axis=0):
         if not xs:

@@ -923,7 +923,7 @@ def hessian(f: Callable[..., Any], argnums: Argnums = 0) -> Callable[..., Matrix
 def hvp(f: Callable[..., Any], x: Any, v: Any) -> Any:
     """The Hessian-vector product H(x) v of a scalar f, exact, in x's structure:
     the gradient of x -> Df(x) v (reverse over forward: one forward pass with
-    recorded values, one reverse sweep; ~2.5x a gradient for the vectorized
+    recorded values, one reverse sweep; 2.5x-3x a gradient for the vectorized
     Rosenbrock function at n = 100, benchmarks row hvp_100)."""
     lin, xf, s = _scalar_problem(f, (x,), 0, "hvp")
     if isinstance(x, Vector) and not (isinstance(v, Vector) and v.coords == x.coords):

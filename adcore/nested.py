@@ -24,9 +24,12 @@ import numpy as np
 
 from . import array_ops as _ao
 from ._dual import Dual, DualArray, wrap_forward
-from ._rules import RULES
+from ._rules import OPCODES, RULES
 from .dispatch import apply
 from .errors import NestingError
+
+# the operators' rules
+_ADD, _SUB, _MUL, _DIV, _POW = (OPCODES[n] for n in ("add", "sub", "mul", "div", "pow"))
 
 __all__ = ["NestedDual", "partial_functions"]
 
@@ -52,7 +55,7 @@ def _pow_caller(op: int) -> Callable[..., Any]:
 def _compile_partials() -> Dict[int, Tuple[Any, ...]]:
     """Per opcode, per input: a float (a constant partial) or a function (x, y, z, r)."""
     namespace = {rule.name: _rule_caller(rule.opcode) for rule in RULES}
-    namespace["pow"] = _pow_caller(next(r.opcode for r in RULES if r.name == "pow"))
+    namespace["pow"] = _pow_caller(OPCODES["pow"])
     table: Dict[int, Tuple[Any, ...]] = {}
     for rule in RULES:
         names = ("x", "y", "z")[: rule.arity]
@@ -140,19 +143,19 @@ class NestedDual:
 
     # -- operators: NestedDual's own rule unless the other operand owns the operation
 
-    def __add__(self, o): return _binary(0, self, o, o)
-    def __radd__(self, o): return _binary(0, o, self, o)
-    def __sub__(self, o): return _binary(1, self, o, o)
-    def __rsub__(self, o): return _binary(1, o, self, o)
-    def __mul__(self, o): return _binary(2, self, o, o)
-    def __rmul__(self, o): return _binary(2, o, self, o)
-    def __truediv__(self, o): return _binary(3, self, o, o)
-    def __rtruediv__(self, o): return _binary(3, o, self, o)
-    def __pow__(self, o): return _binary(5, self, o, o)
-    def __rpow__(self, o): return _binary(5, o, self, o)
-    def __neg__(self): return _apply_nested(_OP["neg"], (self,), self._ad_tag)
+    def __add__(self, o): return _binary(_ADD, self, o, o)
+    def __radd__(self, o): return _binary(_ADD, o, self, o)
+    def __sub__(self, o): return _binary(_SUB, self, o, o)
+    def __rsub__(self, o): return _binary(_SUB, o, self, o)
+    def __mul__(self, o): return _binary(_MUL, self, o, o)
+    def __rmul__(self, o): return _binary(_MUL, o, self, o)
+    def __truediv__(self, o): return _binary(_DIV, self, o, o)
+    def __rtruediv__(self, o): return _binary(_DIV, o, self, o)
+    def __pow__(self, o): return _binary(_POW, self, o, o)
+    def __rpow__(self, o): return _binary(_POW, o, self, o)
+    def __neg__(self): return _apply_nested(OPCODES["neg"], (self,), self._ad_tag)
     def __pos__(self): return self
-    def __abs__(self): return _apply_nested(_OP["abs"], (self,), self._ad_tag)
+    def __abs__(self): return _apply_nested(OPCODES["abs"], (self,), self._ad_tag)
     # Reads and comparisons go one level down, to the value's own type, so an outer
     # tape records them and a replay that would take another branch says so.
     def __float__(self) -> float:
@@ -292,7 +295,7 @@ def _primitive_nested(prim: Any, args: Sequence[Any], params: Dict[str, Any], ta
     # through the dispatcher (jvp rules use only adcore operations), so every outer
     # differentiation sees ordinary primitive calls on its own values
     out = prim(*values, **params)
-    if prim in _linear() and None not in tangents:
+    if prim.linear and None not in tangents:
         # a linear primitive's tangent in each direction is the primitive of that
         # direction's tangents (its jvp rule, without stacking and splitting)
         return _build(out, [prim(*[_tangent_as(ts[j], v) for v, ts in zip(values, tangents)],
@@ -306,19 +309,6 @@ def _primitive_nested(prim: Any, args: Sequence[Any], params: Dict[str, Any], ta
                          f"shape {np.shape(_primal(t))} for a result of shape "
                          f"{want[1:]} (expected {want})")
     return _build(out, [_ao.getitem(t, j) for j in range(k)], tag)
-
-
-_LINEAR: Any = None
-
-
-def _linear() -> Any:
-    """The primitives that are linear in all their inputs together, so that their
-    jvp in one direction is the primitive applied to that direction's tangents."""
-    global _LINEAR
-    if _LINEAR is None:
-        _LINEAR = frozenset((_ao._getitem, _ao._sum, _ao._mean, _ao._reshape, _ao._transpose,
-                             _ao._broadcast_to, _ao._concatenate, _ao._stack))
-    return _LINEAR
 
 
 def _tangent_as(t: Any, value: Any) -> Any:
@@ -366,9 +356,6 @@ def _plain_primitive(prim: Any, values: List[Any], tangents: List[Optional[List[
     out = prim.value(*xs, **params)
     return wrap_forward(out, prim.jvp(xs, dxs, out, **params), tag)
 
-
-_OP = {rule.name: rule.opcode for rule in RULES}
-assert (_OP["add"], _OP["sub"], _OP["mul"], _OP["div"], _OP["pow"]) == (0, 1, 2, 3, 5)
 
 
 def _is_operand(x: Any) -> bool:

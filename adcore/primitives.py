@@ -55,6 +55,9 @@ class Primitive:
     name = "primitive"
     #: input positions that are differentiable (None: all)
     differentiable: Optional[Tuple[int, ...]] = None
+    #: linear in all inputs together: the jvp in one direction is the primitive
+    #: applied to that direction's tangents (nested forward mode uses it)
+    linear = False
 
     def register(self) -> "Primitive":
         """Record this instance in REGISTRY under its name (names are unique)."""
