@@ -251,7 +251,7 @@ cdef object _ones_of(Py_ssize_t n):
         if len(_ones) > 64:
             _ones.clear()
         a = np.ones(n)
-        a.flags.writeable = False
+        a.setflags(False)
         _ones[n] = a
     return a
 
@@ -313,6 +313,39 @@ cdef void _acc_rows(double* ga, const double* G, const double* P, Py_ssize_t B,
             g = G[b * n + i]
             t = P[i]
             ga[b * n + i] += 0.0 if ((g == 0.0) | (t == 0.0)) else g * t
+
+
+cdef enum:
+    SLICE_C_MAX = 4096    # _slice_reverse works in C below this many elements
+
+
+cdef void _slice_into(void* ga, const void* g, bint f32, Py_ssize_t a, Py_ssize_t b,
+                      Py_ssize_t n, bint fresh) noexcept:
+    """A slice's cotangent g (elements a..b-1 of x, flat) into x's adjoint ga of n
+    elements: written (the rest zeroed) when fresh, else added, the rest + 0.0 as
+    the vjp's zeros would add (-0.0 becomes 0.0)."""
+    cdef Py_ssize_t i
+    cdef double* d = <double*>ga
+    cdef float* f = <float*>ga
+    if fresh:
+        memset(ga, 0, a * (4 if f32 else 8))
+        memset(<char*>ga + b * (4 if f32 else 8), 0, (n - b) * (4 if f32 else 8))
+        if b > a:
+            memcpy(<char*>ga + a * (4 if f32 else 8), g, (b - a) * (4 if f32 else 8))
+    elif f32:
+        for i in range(a):
+            f[i] = f[i] + 0.0
+        for i in range(a, b):
+            f[i] = f[i] + (<const float*>g)[i - a]
+        for i in range(b, n):
+            f[i] = f[i] + 0.0
+    else:
+        for i in range(a):
+            d[i] = d[i] + 0.0
+        for i in range(a, b):
+            d[i] = d[i] + (<const double*>g)[i - a]
+        for i in range(b, n):
+            d[i] = d[i] + 0.0
 
 
 cdef void* _ptr(object arr) except NULL:
@@ -392,6 +425,12 @@ def _float_array(object x, object name):
 # only in block buffers, so the whole arrays are never written or read back.
 cdef enum:
     FUSE_BLOCK = 256      # elements per block (128, 256, 1024 measured alike on rosen)
+
+
+cdef inline Py_ssize_t fuse_stride(Py_ssize_t n) noexcept nogil:
+    """Elements between two block buffers: a block, or all n when fewer (a small
+    group's scratch is then small to allocate and zero)."""
+    return n if n < FUSE_BLOCK else FUSE_BLOCK
 
 # where a member's operand comes from
 cdef enum:
@@ -627,7 +666,7 @@ cdef class Tape:
         if copy and type(value) is np.ndarray and (value.dtype is _f64 or value.dtype is _f32):
             # the usual input (ndarray.copy is C-ordered)
             a = value.copy()
-            a.flags.writeable = False
+            a.setflags(False)
             return self._array(("input", a.shape, _F64_STR if a.dtype is _f64 else _F32_STR),
                                a, False)
         if isinstance(value, np.ndarray):
@@ -635,7 +674,7 @@ cdef class Tape:
             if a is value or a.base is not None:
                 # the caller's memory (np.asarray of a subclass is a view of it)
                 a = a.copy() if copy else a.view()
-            a.flags.writeable = False
+            a.setflags(False)
             return self._array(("input", a.shape, a.dtype.str), a, False)
         raise TypeError(f"{name}: cannot differentiate with respect to a {type(value).__name__}")
 
@@ -663,7 +702,7 @@ cdef class Tape:
         a = _contig(value)
         if a is value:
             a = a.copy()
-        a.flags.writeable = False
+        a.setflags(False)
         return (<TapeArray>self._array(("const", a.shape, a.dtype.str), a, False)).slot
 
     def _constant_array(self, value):
@@ -781,7 +820,7 @@ cdef class Tape:
                     src = self.avals[s]
                     b = np.empty(shape, src.dtype)
                     b[...] = src
-                    b.flags.writeable = False
+                    b.setflags(False)
                     s = (<TapeArray>self._array(("bcast", s, shape, b.dtype.str), b, False)).slot
                 refs.append(("a", s))
             elif isinstance(a, TapeValue):
@@ -798,8 +837,70 @@ cdef class Tape:
         refs = tuple(refs)
         out = np.empty(shape, dtype)
         self._ew_run(op, refs, out, self.val, self.avals)
-        out.flags.writeable = False
+        out.setflags(False)
         return self._array(("ew", op, refs, shape, _F64_STR if f64 else _F32_STR), out, False)
+
+    cdef object _binary(self, int op, TapeArray a, object b, bint reflected):
+        """a op b (b op a when reflected) for the common operands: b a number, or
+        an array of this tape with a's shape and dtype; the same record as
+        _apply_array without its general broadcasting.  None: not such operands."""
+        cdef EwArg e[2]
+        cdef EwArgF ef[2]
+        cdef int ia = 1 if reflected else 0
+        cdef Py_ssize_t n
+        cdef float* pf
+        cdef double* pd
+        cdef bint f32 = a.dtype is _f32
+        if RULE_ARITY[op] != 2 or not (f32 or a.dtype is _f64):
+            return None
+        x = self.avals[a.slot]
+        if type(b) is TapeArray:
+            if (<TapeArray>b).shape != a.shape or (<TapeArray>b).dtype is not a.dtype:
+                return None
+            y = self.avals[(<TapeArray>b).slot]
+            rb = ("a", (<TapeArray>b).slot)
+        else:
+            y = None
+            rb = ("c", float(b))
+        ra = ("a", a.slot)
+        out = np.empty(a.shape, a.dtype)
+        n = out.size
+        if n:
+            # operand ia is a; the other is y (an array) or the constant
+            if f32:
+                memset(ef, 0, sizeof(ef))
+                ef[ia].p = <const float*>_ptr(x)
+                ef[ia].st = 1
+                if y is None:
+                    ef[1 - ia].c = rb[1]
+                else:
+                    ef[1 - ia].p = <const float*>_ptr(y)
+                    ef[1 - ia].st = 1
+                pf = <float*>_ptr(out)
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        ew_value_f32(op, ef, pf, n)
+                else:
+                    ew_value_f32(op, ef, pf, n)
+            else:
+                memset(e, 0, sizeof(e))
+                e[ia].p = <const double*>_ptr(x)
+                e[ia].st = 1
+                if y is None:
+                    e[1 - ia].c = rb[1]
+                    e[1 - ia].p = &e[1 - ia].c
+                else:
+                    e[1 - ia].p = <const double*>_ptr(y)
+                    e[1 - ia].st = 1
+                pd = <double*>_ptr(out)
+                if n >= NOGIL_MIN_ELEMENTS:
+                    with nogil:
+                        ew_value(op, e, pd, n)
+                else:
+                    ew_value(op, e, pd, n)
+        out.setflags(False)
+        return self._array(("ew", op, (rb, ra) if reflected else (ra, rb), a.shape,
+                            _F32_STR if f32 else _F64_STR), out, False)
 
     cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
                       Py_ssize_t n) except -1:
@@ -921,16 +1022,28 @@ cdef class Tape:
             else:
                 raise TypeError(f"primitive {prim.name}: unsupported argument of type "
                                 f"{type(a).__name__}")
-        out = prim.value(*xs, **params)
+        return self._prim_result(prim, params, tuple(refs), prim.value(*xs, **params))
+
+    def _unary_prim(self, prim, TapeArray x, dict params):
+        """prim(x, **params) for an array of this tape: _primitive without its
+        per-argument dispatch (getitem and sum of a recorded array)."""
+        if not self.recording or x.tape is not self:
+            return self._primitive(prim, (x,), params)
+        return self._prim_result(prim, params, (("a", x.slot),),
+                                 prim.value(self.avals[x.slot], **params))
+
+    cdef object _prim_result(self, prim, dict params, tuple refs, object out):
+        """Record the result out of prim on refs: a scalar slot, or a read-only
+        C-contiguous float array."""
         desc_params = tuple(sorted(params.items())) if params else ()
         if (out.ndim if type(out) is np.ndarray else np.ndim(out)) == 0:
-            return self._array_scalar(("prim", prim, desc_params, tuple(refs), None, None),
+            return self._array_scalar(("prim", prim, desc_params, refs, None, None),
                                       float(out))
         if not (type(out) is np.ndarray and (out.dtype is _f64 or out.dtype is _f32)
                 and out.flags.c_contiguous):
             out = _float_array(out, f"primitive {prim.name}")
-        out.flags.writeable = False
-        return self._array(("prim", prim, desc_params, tuple(refs), out.shape, out.dtype.str),
+        out.setflags(False)
+        return self._array(("prim", prim, desc_params, refs, out.shape, out.dtype.str),
                            out, False)
 
     # -- sweeps ------------------------------------------------------------
@@ -1290,7 +1403,7 @@ cdef class Tape:
         dt = _f32 if f32 else _f64
         inp = <const void**>malloc((ni + 1) * sizeof(void*))
         vals = <void**>malloc(nm * sizeof(void*))
-        scratch = malloc(nm * FUSE_BLOCK * sizeof(double))
+        scratch = malloc((nm * fuse_stride(n) + 1) * sizeof(double))
         try:
             if inp == NULL or vals == NULL or scratch == NULL:
                 raise MemoryError()
@@ -1460,7 +1573,7 @@ cdef class Tape:
                                         f"{n} elements")
                     keep.append(arr)
                     vals[j] = _ptr(arr)
-            scratch = calloc(2 * nm * FUSE_BLOCK, sizeof(double))
+            scratch = calloc(2 * nm * fuse_stride(n) + 1, sizeof(double))
             if scratch == NULL:
                 raise MemoryError()
             if f32:
@@ -1670,22 +1783,30 @@ cdef class Tape:
                 or g.shape != (stop - start,) + x.shape[1:]):
             return False
         ga = aadj.get(ref)
-        if ga is None:
+        fresh = ga is None
+        if fresh:
             ga = self._adj_buffer(ref, wa, abufs)
+        elif type(ga) is not np.ndarray or ga.dtype is not x.dtype or ga.shape != x.shape:
+            return False
+        if 0 < x.size < SLICE_C_MAX and (x.dtype is _f64 or x.dtype is _f32):
+            # small: in C (the numpy calls below cost ~10x the arithmetic)
+            row = x.size // x.shape[0]      # shape[0] > 0: size > 0
+            _slice_into(_ptr(ga), _ptr(g) if stop > start else NULL, x.dtype is _f32,
+                        start * row, stop * row, x.size, fresh)
+        elif fresh:
             ga[:start] = 0.0
             ga[stop:] = 0.0
             # a copy that keeps every bit; not memmove, which is ~10x slower here
             # when source and target are 8 bytes apart modulo 64 (x[1:])
             np.positive(g, out=ga[start:stop])
+        else:
+            ga[start:stop] += g
+            if start > 0:
+                ga[:start] += 0.0
+            if stop < x.shape[0]:
+                ga[stop:] += 0.0
+        if fresh:
             aadj[ref] = ga
-            return True
-        if type(ga) is not np.ndarray or ga.dtype is not x.dtype or ga.shape != x.shape:
-            return False
-        ga[start:stop] += g
-        if start > 0:
-            ga[:start] += 0.0
-        if stop < x.shape[0]:
-            ga[stop:] += 0.0
         return True
 
     cdef inline bint _is_array(self, Py_ssize_t slot):
@@ -2789,13 +2910,28 @@ cdef object _arrop(int op, TapeArray a, object b, bint reflected):
     cdef Tape t = a.tape
     if t.recording and (type(b) is float or type(b) is int
                         or (type(b) is TapeArray and (<TapeArray>b).tape is t)):
+        r = t._binary(op, a, b, reflected)
+        if r is not None:
+            return r
         return t._apply_array(op, (b, a) if reflected else (a, b))
     return _dispatch(op, (b, a) if reflected else (a, b))
 
 
 def _array_ops():
-    from . import array_ops
-    return array_ops
+    return _ops()
+
+
+cdef tuple _basic_index(object index):
+    """index as array_ops.normalize_index gives it when it holds only slices, ints,
+    None and Ellipsis (normalized here without a Python call), else None."""
+    if type(index) is slice or type(index) is int:
+        return (index,)
+    if type(index) is tuple:
+        for i in <tuple>index:
+            if not (type(i) is slice or type(i) is int or i is None or i is Ellipsis):
+                return None
+        return <tuple>index
+    return None
 
 
 @cython.final
@@ -2930,7 +3066,10 @@ cdef class TapeArray:
 
     # array operations are primitives (adcore/array_ops.py)
     def __getitem__(self, index):
-        return _array_ops().getitem(self, index)
+        cdef tuple idx = _basic_index(index)
+        if idx is not None and self.tape.recording:
+            return self.tape._unary_prim(_ops()._getitem, self, {"index": idx})
+        return _ops().getitem(self, index)
 
     def sum(self, axis=None, keepdims=False):
         return _array_ops().sum(self, axis=axis, keepdims=keepdims)
@@ -3299,7 +3438,7 @@ def _build(ins, val, meta, blob):
             raise _bad(f"array of slot {slot} lies outside the data")
         a = np.frombuffer(blob, dt, _prod(shape), off).reshape(shape)
         a = _contig(a.astype(dt.newbyteorder("="), copy=True))
-        a.flags.writeable = False
+        a.setflags(False)
         avals[slot] = a
     if set(avals) != set(int(s) for s in np.nonzero(is_arr)[0]):
         raise _bad("an array instruction has no recorded value")

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from .primitives import Primitive
-from ._tape import rows_scaled
+from ._tape import TapeArray, rows_scaled
 
 __all__ = ["getitem", "sum", "mean", "amax", "max", "reshape", "transpose",
            "broadcast_to", "matmul", "concatenate", "stack", "sum_to_shape", "cotangent",
@@ -246,7 +246,10 @@ class Sum(Primitive):
     linear = True
 
     def value(self, x, *, axis=None, keepdims=False):
-        return np.sum(x, axis=_axes(axis, _ndim(x), "sum"), keepdims=keepdims)
+        axes = _axes(axis, _ndim(x), "sum")
+        if type(x) is np.ndarray:
+            return np.add.reduce(x, axis=axes, keepdims=keepdims)   # np.sum's own call
+        return np.sum(x, axis=axes, keepdims=keepdims)
 
     def jvp(self, xs, dxs, out, *, axis=None, keepdims=False):
         (x,), (dx,) = xs, dxs
@@ -367,7 +370,10 @@ def _axis_param(axis: Any) -> Any:
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
     """The sum of ``x`` over ``axis`` (None: all axes), as ``numpy.sum``."""
-    return _sum(x, axis=_axis_param(axis), keepdims=bool(keepdims))
+    params = {"axis": _axis_param(axis), "keepdims": bool(keepdims)}
+    if type(x) is TapeArray:
+        return x.tape._unary_prim(_sum, x, params)      # no dispatch for one tape array
+    return _sum(x, **params)
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
