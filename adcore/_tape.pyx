@@ -1036,7 +1036,13 @@ cdef class Tape:
         """Record the result out of prim on refs: a scalar slot, or a read-only
         C-contiguous float array."""
         desc_params = tuple(sorted(params.items())) if params else ()
-        if (out.ndim if type(out) is np.ndarray else np.ndim(out)) == 0:
+        if type(out) is np.ndarray:
+            nd = out.ndim
+        elif type(out) is float or isinstance(out, np.generic):
+            nd = 0          # np.ndim of a numpy scalar goes through array dispatch
+        else:
+            nd = np.ndim(out)
+        if nd == 0:
             return self._array_scalar(("prim", prim, desc_params, refs, None, None),
                                       float(out))
         if not (type(out) is np.ndarray and (out.dtype is _f64 or out.dtype is _f32)
@@ -1226,46 +1232,57 @@ cdef class Tape:
         self.fuse_outs = self.out_leaves
         cdef list slots = self.array_slots
         cdef Py_ssize_t m = len(slots), k, s, prev = -2
-        runs = []
-        cur = []
-        cur_shape = None
-        cur_f32 = False
-        cur_scalars = set()
+        cdef tuple desc
+        cdef tuple shape
+        cdef tuple cur_shape = None
+        cdef list cur = []
+        cdef list runs = []
+        cdef list sc
+        cdef set cur_scalars = None
+        cdef bint ok, f32, cur_f32 = False
+        avals = self.avals
+        # typed tuples and no per-slot sets: this runs once per one-off sweep too
         for k in range(m):
             s = slots[k]
             ok = False
             shape = None
             f32 = False
-            sc = []
-            desc = self.aux[self.ins[s].a0]
+            sc = None
+            desc = <tuple>self.aux[self.ins[s].a0]
             if (desc[0] == "ew" and (desc[4] == _F64_STR or desc[4] == _F32_STR)
                     and not (self.ins[s].flags & (F_CHECK | F_SCALAR))):
                 shape = desc[3] if type(desc[3]) is tuple else tuple(desc[3])
                 f32 = desc[4] == _F32_STR
                 ok = True
-                sc = []
-                for kind, ref in desc[2]:
+                for kind, ref in <tuple>desc[2]:
                     if kind == "a":
-                        v = self.avals.get(ref)
+                        v = avals.get(ref)
                         if v is None or not _is_dt(v.dtype, f32) or v.shape != shape:
                             ok = False
                     elif kind == "s":
+                        if sc is None:
+                            sc = []
                         sc.append(ref)
-                if ok and len(sc) > 1 and len(set(sc)) != len(sc):
+                if ok and sc is not None and len(sc) > 1 and len(set(sc)) != len(sc):
                     ok = False          # one scalar twice in a member: never fused
-                if ok and f32 and sc:
+                if ok and f32 and sc is not None:
                     ok = False          # float32 with a scalar operand: see _fargs_f32
             if ok and cur and s == prev + 1 and shape == cur_shape and f32 == cur_f32 \
-                    and (not sc or not cur_scalars.intersection(sc)):
+                    and (sc is None or cur_scalars is None
+                         or not cur_scalars.intersection(sc)):
                 cur.append(k)
-                cur_scalars.update(sc)
+                if sc is not None:
+                    if cur_scalars is None:
+                        cur_scalars = set(sc)
+                    else:
+                        cur_scalars.update(sc)
             else:
                 if len(cur) > 1:
                     runs.append(cur)
                 cur = [k] if ok else []
                 cur_shape = shape if ok else None
                 cur_f32 = f32
-                cur_scalars = set(sc) if ok else set()
+                cur_scalars = set(sc) if ok and sc is not None else None
             prev = s
         if len(cur) > 1:
             runs.append(cur)
