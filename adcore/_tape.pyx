@@ -376,7 +376,14 @@ def _dtype_of(x):
 
 
 cdef object _f32 = np.dtype(np.float32)
-cdef object _f64 = np.dtype(np.float64)
+# numpy's names held here: a module attribute lookup per use costs ~0.1 us on the
+# per-instruction paths of recording and replay
+cdef type _ndarray = np.ndarray
+cdef object _np_empty = np.empty
+cdef object _np_zeros = np.zeros
+cdef object _np_asarray = np.asarray
+cdef object _np_float64 = np.float64
+cdef object _f64 = np.dtype(_np_float64)
 cdef str _F32_STR = _f32.str
 cdef str _F64_STR = _f64.str
 
@@ -400,18 +407,18 @@ cdef inline bint _is_number(object x):
 
 cdef object _contig(object a, object dtype=None):
     """a as a C-contiguous array of dtype (0-d arrays stay 0-d)."""
-    return np.asarray(a, dtype=dtype, order="C")
+    return _np_asarray(a, dtype=dtype, order="C")
 
 
 def _float_array(object x, object name):
     """x as a C-contiguous float32/float64 array (ints and bools promoted to float64)."""
-    a = np.asarray(x)
+    a = _np_asarray(x)
     k = a.dtype.kind
     if k in "biu":
-        a = a.astype(np.float64)
+        a = a.astype(_np_float64)
     elif k == "f":
         if a.dtype != _f32 and a.dtype != _f64:
-            a = a.astype(np.float64)
+            a = a.astype(_np_float64)
     else:
         raise TypeError(f"{name}: an array of dtype {a.dtype} cannot be differentiated "
                         "(real float32/float64, or integers promoted to float64)")
@@ -481,7 +488,7 @@ cdef int _group_inputs(FusedGroup g, dict wa, bint f32, list keep,
     dt = _f32 if f32 else _f64
     for j in range(len(g.inputs)):
         arr = wa[g.inputs[j]]
-        if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != g.n:
+        if type(arr) is not _ndarray or not _is_dt(arr.dtype, f32) or arr.size != g.n:
             raise TapeError(f"element-wise operand (slot {g.inputs[j]}) is not a "
                             f"{dt} array of {g.n} elements")
         keep.append(arr)
@@ -663,13 +670,13 @@ cdef class Tape:
         if _is_number(value):
             v = float(value)
             return self._scalar(self._push(K_INPUT, 0, -1, -1, -1, v), v)
-        if copy and type(value) is np.ndarray and (value.dtype is _f64 or value.dtype is _f32):
+        if copy and type(value) is _ndarray and (value.dtype is _f64 or value.dtype is _f32):
             # the usual input (ndarray.copy is C-ordered)
             a = value.copy()
             a.setflags(False)
             return self._array(("input", a.shape, _F64_STR if a.dtype is _f64 else _F32_STR),
                                a, False)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, _ndarray):
             a = _float_array(value, name)
             if a is value or a.base is not None:
                 # the caller's memory (np.asarray of a subclass is a view of it)
@@ -751,7 +758,7 @@ cdef class Tape:
                 self._check_handle(a)
                 if isinstance(a, TapeArray):
                     is_array = True
-            elif isinstance(a, np.ndarray):
+            elif isinstance(a, _ndarray):
                 if a.ndim:
                     is_array = True
             elif not _is_number(a) and not isinstance(a, (bool, np.bool_)):
@@ -798,7 +805,7 @@ cdef class Tape:
                 # identity first: == on dtypes costs ~80 ns
                 f64 = f64 or ((<TapeArray>a).dtype is not _f32
                               and (<TapeArray>a).dtype != _f32)
-            elif isinstance(a, np.ndarray) and a.ndim:
+            elif isinstance(a, _ndarray) and a.ndim:
                 shapes.append(a.shape)
                 f64 = f64 or a.dtype != _f32
         try:
@@ -818,24 +825,24 @@ cdef class Tape:
                 if (<TapeArray>a).shape != shape:
                     # an assignment broadcasts (np.broadcast_to costs ~2 us)
                     src = self.avals[s]
-                    b = np.empty(shape, src.dtype)
+                    b = _np_empty(shape, src.dtype)
                     b[...] = src
                     b.setflags(False)
                     s = (<TapeArray>self._array(("bcast", s, shape, b.dtype.str), b, False)).slot
                 refs.append(("a", s))
             elif isinstance(a, TapeValue):
                 refs.append(("s", (<TapeValue>a).slot))
-            elif isinstance(a, np.ndarray) and a.ndim:
+            elif isinstance(a, _ndarray) and a.ndim:
                 c = _float_array(a, RULE_NAMES[op])
                 if c.shape != shape:
-                    full = np.empty(shape, c.dtype)
+                    full = _np_empty(shape, c.dtype)
                     full[...] = c
                     c = full
                 refs.append(("a", self._const_array(c)))
             else:
                 refs.append(("c", float(a)))
         refs = tuple(refs)
-        out = np.empty(shape, dtype)
+        out = _np_empty(shape, dtype)
         self._ew_run(op, refs, out, self.val, self.avals)
         out.setflags(False)
         return self._array(("ew", op, refs, shape, _F64_STR if f64 else _F32_STR), out, False)
@@ -863,7 +870,7 @@ cdef class Tape:
             y = None
             rb = ("c", float(b))
         ra = ("a", a.slot)
-        out = np.empty(a.shape, a.dtype)
+        out = _np_empty(a.shape, a.dtype)
         n = out.size
         if n:
             # operand ia is a; the other is y (an array) or the constant
@@ -916,7 +923,7 @@ cdef class Tape:
                 arr = arrays[ref]
                 # the kernel reads n contiguous doubles: make sure of it (_ptr checks
                 # contiguity); dtypes by identity first (== costs ~80 ns)
-                if not isinstance(arr, np.ndarray) or arr.size != n:
+                if not isinstance(arr, _ndarray) or arr.size != n:
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
                 dt = arr.dtype
@@ -924,7 +931,7 @@ cdef class Tape:
                     if dt != _f32 and dt != _f64:
                         raise TapeError(f"element-wise operand {k} is not a float array of "
                                         f"{n} elements")
-                    arr = _contig(arr, np.float64)
+                    arr = _contig(arr, _np_float64)
                     keep.append(arr)
                 e[k].p = <const double*>_ptr(arr)
                 e[k].st = 1
@@ -949,7 +956,7 @@ cdef class Tape:
             kind, ref = refs[k]
             if kind == "a":
                 arr = arrays[ref]
-                if not isinstance(arr, np.ndarray) or arr.size != n:
+                if not isinstance(arr, _ndarray) or arr.size != n:
                     raise TapeError(f"element-wise operand {k} is not a float array of "
                                     f"{n} elements")
                 dt = arr.dtype
@@ -987,7 +994,7 @@ cdef class Tape:
                 ew_value_f32(op, ef, pf, n)
             return 0
         self._ew_args(refs, e, vals, arrays, keep, n)
-        res = out if out.dtype is _f64 else np.empty(out.shape, np.float64)
+        res = out if out.dtype is _f64 else _np_empty(out.shape, _np_float64)
         cdef double* po = <double*>_ptr(res)
         if n >= NOGIL_MIN_ELEMENTS:
             with nogil:
@@ -1013,7 +1020,7 @@ cdef class Tape:
                 else:
                     refs.append(("s", (<TapeValue>a).slot))
                     xs.append((<TapeValue>a).val)
-            elif isinstance(a, np.ndarray):
+            elif isinstance(a, _ndarray):
                 refs.append(("a", self._const_array(a)))
                 xs.append(self.avals[refs[-1][1]])
             elif _is_number(a) or isinstance(a, (bool, np.bool_)):
@@ -1036,7 +1043,7 @@ cdef class Tape:
         """Record the result out of prim on refs: a scalar slot, or a read-only
         C-contiguous float array."""
         desc_params = tuple(sorted(params.items())) if params else ()
-        if type(out) is np.ndarray:
+        if type(out) is _ndarray:
             nd = out.ndim
         elif type(out) is float or isinstance(out, np.generic):
             nd = 0          # np.ndim of a numpy scalar goes through array dispatch
@@ -1045,7 +1052,7 @@ cdef class Tape:
         if nd == 0:
             return self._array_scalar(("prim", prim, desc_params, refs, None, None),
                                       float(out))
-        if not (type(out) is np.ndarray and (out.dtype is _f64 or out.dtype is _f32)
+        if not (type(out) is _ndarray and (out.dtype is _f64 or out.dtype is _f32)
                 and out.flags.c_contiguous):
             out = _float_array(out, f"primitive {prim.name}")
         out.setflags(False)
@@ -1093,7 +1100,7 @@ cdef class Tape:
             src = wa[desc[1]]
             b = None if bufs is None else bufs.get(s)
             if b is None or b.dtype != src.dtype or b.shape != tuple(desc[2]):
-                b = np.empty(desc[2], src.dtype)
+                b = _np_empty(desc[2], src.dtype)
                 if bufs is not None:
                     bufs[s] = b
             b[...] = src            # broadcasts
@@ -1101,7 +1108,7 @@ cdef class Tape:
         elif kind == "ew":
             out = None if bufs is None else bufs.get(s)
             if out is None:
-                out = np.empty(desc[3], np.dtype(desc[4]))
+                out = _np_empty(desc[3], np.dtype(desc[4]))
                 if bufs is not None:
                     bufs[s] = out
             self._ew_run(desc[1], desc[2], out, w, wa)
@@ -1124,8 +1131,8 @@ cdef class Tape:
                                              f"shape {np.shape(out)} on replay, a scalar when recorded")
                 w[s] = float(out)
             else:
-                if type(out) is not np.ndarray:
-                    out = np.asarray(out)
+                if type(out) is not _ndarray:
+                    out = _np_asarray(out)
                 if out.shape != plan[2]:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
                                              f"shape {out.shape} on replay, {plan[2]} "
@@ -1430,7 +1437,7 @@ cdef class Tape:
                 if g.outputs[j]:
                     out = None if bufs is None else bufs.get(s)
                     if out is None:
-                        out = np.empty(g.shape, dt)
+                        out = _np_empty(g.shape, dt)
                         if bufs is not None:
                             bufs[s] = out
                     wa[s] = out
@@ -1505,7 +1512,7 @@ cdef class Tape:
             for j in range(nm):
                 ga = aadj.get(g.first + j)
                 if ga is not None:
-                    if type(ga) is not np.ndarray or not _is_dt(ga.dtype, f32) or ga.size != n:
+                    if type(ga) is not _ndarray or not _is_dt(ga.dtype, f32) or ga.size != n:
                         raise TapeError("element-wise adjoint does not fit its result")
                     keep.append(ga)
                     gmem[j] = _ptr(ga)
@@ -1544,7 +1551,7 @@ cdef class Tape:
                                     if ga is None:
                                         ga = aadj[ref] = self._adj_buffer(ref, wa, abufs)
                                         fresh[3 * j + k] = 1
-                                    if (type(ga) is not np.ndarray or not _is_dt(ga.dtype, f32)
+                                    if (type(ga) is not _ndarray or not _is_dt(ga.dtype, f32)
                                             or ga.size != n):
                                         raise TapeError("element-wise adjoint does not fit "
                                                         "its operand")
@@ -1585,7 +1592,7 @@ cdef class Tape:
                 vals[j] = NULL
                 if g.outputs[j]:
                     arr = wa[g.first + j]
-                    if type(arr) is not np.ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
+                    if type(arr) is not _ndarray or not _is_dt(arr.dtype, f32) or arr.size != n:
                         raise TapeError(f"element-wise result is not a {dt} array of "
                                         f"{n} elements")
                     keep.append(arr)
@@ -1686,7 +1693,7 @@ cdef class Tape:
                     # adjoints are C-contiguous by construction (_ptr checks it)
                     if ga.dtype is not rt:
                         # an operand of the other dtype: accumulate apart, add after
-                        tmp = np.zeros(out.shape, rt)
+                        tmp = _np_zeros(out.shape, rt)
                         later.append((ga, tmp))
                         ga = tmp
                     if ga.size != n:
@@ -1703,7 +1710,7 @@ cdef class Tape:
             # _ptr demands C-contiguous buffers; copies only for other dtypes
             # an array cotangent is an adjoint: C-contiguous by construction (_ptr
             # checks it); copies only for other dtypes
-            gc = g if type(g) is np.ndarray and g.dtype is rt else _contig(g, rt)
+            gc = g if type(g) is _ndarray and g.dtype is rt else _contig(g, rt)
             if gc.size != n:
                 raise TapeError("element-wise cotangent does not fit its result")
             if f32:
@@ -1715,7 +1722,7 @@ cdef class Tape:
                 else:
                     ew_reverse_f32(op, ef, pof, pgf, n)
             else:
-                od = out if out.dtype is _f64 else _contig(out, np.float64)
+                od = out if out.dtype is _f64 else _contig(out, _np_float64)
                 if od.size != n:
                     raise TapeError("element-wise cotangent does not fit its result")
                 po = <const double*>_ptr(od)
@@ -1758,13 +1765,13 @@ cdef class Tape:
                     adj[<Py_ssize_t>ref] += float(np.sum(cts[k]))
                 else:
                     # _acc_array stores it in the dtype of its value
-                    ct = np.asarray(cts[k])
+                    ct = _np_asarray(cts[k])
                     v = wa[ref]
                     if ct.shape != v.shape:
                         raise ValueError(f"primitive {prim.name}: vjp returned a cotangent of "
                                          f"shape {ct.shape} for an input of shape "
                                          f"{v.shape}")
-                    if (type(ct) is np.ndarray and ct.base is None and ct.dtype is v.dtype
+                    if (type(ct) is _ndarray and ct.base is None and ct.dtype is v.dtype
                             and ct.flags.owndata and ct.flags.writeable
                             and ct.flags.c_contiguous and ref not in aadj
                             and _fresh_of(ct, g, xs, cts, k)):
@@ -1789,21 +1796,21 @@ cdef class Tape:
             if type(i) is not slice or i != slice(None):
                 return False
         x = wa[ref]
-        if type(x) is not np.ndarray or x.ndim == 0 or len(index) > x.ndim:
+        if type(x) is not _ndarray or x.ndim == 0 or len(index) > x.ndim:
             return False
         start, stop, step = index[0].indices(x.shape[0])
         if step != 1:
             return False
         if stop < start:
             stop = start
-        if (type(g) is not np.ndarray or g.dtype is not x.dtype
+        if (type(g) is not _ndarray or g.dtype is not x.dtype
                 or g.shape != (stop - start,) + x.shape[1:]):
             return False
         ga = aadj.get(ref)
         fresh = ga is None
         if fresh:
             ga = self._adj_buffer(ref, wa, abufs)
-        elif type(ga) is not np.ndarray or ga.dtype is not x.dtype or ga.shape != x.shape:
+        elif type(ga) is not _ndarray or ga.dtype is not x.dtype or ga.shape != x.shape:
             return False
         if 0 < x.size < SLICE_C_MAX and (x.dtype is _f64 or x.dtype is _f32):
             # small: in C (the numpy calls below cost ~10x the arithmetic)
@@ -1848,19 +1855,19 @@ cdef class Tape:
         for kind2, ref in desc[3]:
             if kind2 == "a":
                 if wa[ref].dtype is not _f32:
-                    return np.float64(g)
+                    return _np_float64(g)
                 f32 = True
-        return np.float32(g) if f32 else np.float64(g)
+        return np.float32(g) if f32 else _np_float64(g)
 
     cdef object _adj_buffer(self, Py_ssize_t slot, dict wa, dict abufs):
         """An adjoint array for slot (contents undefined): the replay's own buffer,
         kept from one sweep to the next, or a new one without a workspace."""
         v = wa[slot]
         if abufs is None:
-            return np.empty(v.shape, v.dtype)
+            return _np_empty(v.shape, v.dtype)
         b = abufs.get(slot)
         if b is None or b.dtype is not v.dtype or b.shape != v.shape:
-            b = abufs[slot] = np.empty(v.shape, v.dtype)
+            b = abufs[slot] = _np_empty(v.shape, v.dtype)
         return b
 
     cdef _acc_array(self, Py_ssize_t slot, object ct, dict aadj, dict wa, dict abufs):
@@ -2012,7 +2019,7 @@ cdef class Tape:
             raise IndexError("seed slot out of range")
         if self.ins[slot].op == K_ARRAY and not (self.ins[slot].flags & F_SCALAR):
             shape = wa[slot].shape
-            ga = np.asarray(g, wa[slot].dtype)
+            ga = _np_asarray(g, wa[slot].dtype)
             if ga.shape != shape:
                 raise ValueError(f"cotangent of shape {ga.shape} for an output of shape {shape}")
             self._acc_array(slot, ga, out.aadj, wa, abufs)
@@ -2080,7 +2087,7 @@ cdef class Tape:
                 ins.append((slot, tuple(shape), wa[slot].size))
                 NC += wa[slot].size
         if M == 0 or NC == 0:
-            return np.zeros((M, NC))
+            return _np_zeros((M, NC))
         per_row = N
         for v in wa.values():
             per_row += v.size
@@ -2098,7 +2105,7 @@ cdef class Tape:
             if r1 - r0 == M:
                 return part
             if J is None:
-                J = np.empty((M, NC))
+                J = _np_empty((M, NC))
             J[r0:r1] = part
         return J
 
@@ -2128,7 +2135,7 @@ cdef class Tape:
                     if lo - r0 == 0 and hi - r0 == B:
                         _mark(areach, slot, None)
                     else:
-                        seeded = np.zeros(B, np.bool_)
+                        seeded = _np_zeros(B, np.bool_)
                         seeded[lo - r0:hi - r0] = True
                         _mark(areach, slot, seeded)
             off += size
@@ -2138,9 +2145,9 @@ cdef class Tape:
             # one array input: its stacked adjoint is the block (ours, handed out)
             ga = aadj.get(ins[0][0])
             if ga is None:
-                return np.zeros((B, NC))
-            return np.asarray(ga, np.float64).reshape(B, NC)
-        J = np.zeros((B, NC))
+                return _np_zeros((B, NC))
+            return _np_asarray(ga, _np_float64).reshape(B, NC)
+        J = _np_zeros((B, NC))
         Jv = J
         for slot, shape, size in ins:
             if shape is None:
@@ -2215,7 +2222,7 @@ cdef class Tape:
             return 0
         scalar_out = bool(self.ins[s].flags & F_SCALAR)
         if scalar_out:
-            G = np.empty(B)
+            G = _np_empty(B)
             for b in range(B):
                 G[b] = adj[b * N + s]
             rows = G != 0.0          # as one sweep: a zero scalar adjoint stops here
@@ -2266,7 +2273,7 @@ cdef class Tape:
                 self._ew_args_f32(refs, ef, w, wa, keep, n)
             else:
                 self._ew_args(refs, e, w, wa, keep, n)
-            Gc = G if type(G) is np.ndarray and G.dtype is rt and G.flags.c_contiguous \
+            Gc = G if type(G) is _ndarray and G.dtype is rt and G.flags.c_contiguous \
                 else _contig(G, rt)
             if Gc.size != B * n:
                 raise TapeError("element-wise cotangent does not fit its result")
@@ -2282,7 +2289,7 @@ cdef class Tape:
                     ga = self._rows_adj(ref, B, wa, aadj, not fresh)
                     _mark(areach, ref, rows)
                     if ga.dtype is not rt or not ga.flags.c_contiguous:
-                        tmp = np.zeros(ga.shape, rt)
+                        tmp = _np_zeros(ga.shape, rt)
                         later.append((ga, tmp))
                         ga = tmp
                         fresh = False
@@ -2292,7 +2299,7 @@ cdef class Tape:
                 elif kind2 == "s" and self._needs(ref, lead):
                     scalars.append((k, <Py_ssize_t>ref))
             if not f32:
-                od = out if out.dtype is _f64 else _contig(out, np.float64)
+                od = out if out.dtype is _f64 else _contig(out, _np_float64)
                 po = <const double*>_ptr(od)
             else:
                 pof = <const float*>_ptr(out)
@@ -2300,7 +2307,7 @@ cdef class Tape:
                 # a cotangent of ones reads each partial off exactly
                 parts = []
                 for k, ga, fresh in arrays:
-                    p = np.zeros(n)
+                    p = _np_zeros(n)
                     parts.append(p)
                     e[k].g = <double*>_ptr(p)
                 ones = _ones_of(n)
@@ -2377,7 +2384,7 @@ cdef class Tape:
                 return 0
             if scalar_out:
                 out = w[s]
-                G = np.asarray(G, self._scalar_cotangent(desc, 0.0, wa).dtype)
+                G = _np_asarray(G, self._scalar_cotangent(desc, 0.0, wa).dtype)
             else:
                 out = wa[s]
             live = np.arange(B) if rows is None else np.flatnonzero(rows)
@@ -2392,7 +2399,7 @@ cdef class Tape:
                     if not needs[k] or cts[k] is None:
                         continue
                     kind2, ref = refs[k]
-                    ct = np.asarray(cts[k])
+                    ct = _np_asarray(cts[k])
                     if kind2 == "s":
                         for j in range(len(live)):
                             adj[<Py_ssize_t>live[j] * N + <Py_ssize_t>ref] += float(np.sum(ct[j]))
@@ -2402,7 +2409,7 @@ cdef class Tape:
                                          f"cotangent of shape {ct.shape} for {len(live)} rows "
                                          f"of an input of shape {wa[ref].shape}")
                     fresh = rows is None and ref not in aadj
-                    if (fresh and type(ct) is np.ndarray and ct.base is None
+                    if (fresh and type(ct) is _ndarray and ct.base is None
                             and ct.dtype is wa[ref].dtype and ct.flags.c_contiguous
                             and ct.flags.writeable and ct is not G
                             and not any(ct is a for a in xs) and not any(ct is a for a in adopted)):
@@ -2432,14 +2439,14 @@ cdef class Tape:
                         if kind2 == "s":
                             adj[b * N + <Py_ssize_t>ref] += float(np.sum(cts[k]))
                             continue
-                        ct = np.asarray(cts[k])
+                        ct = _np_asarray(cts[k])
                         if ct.shape != wa[ref].shape:
                             raise ValueError(f"primitive {prim.name}: vjp returned a "
                                              f"cotangent of shape {ct.shape} for an input of "
                                              f"shape {wa[ref].shape}")
                         ga = self._rows_adj(ref, B, wa, aadj, True)
                         _write_rows(ga, ct[None], areach, ref, live[j:j + 1])
-                        one = np.zeros(B, np.bool_)
+                        one = _np_zeros(B, np.bool_)
                         one[b] = True
                         _mark(areach, ref, one)
         return 0
@@ -2512,7 +2519,7 @@ cdef class Tape:
             else:
                 if self.ins[si].op != K_ARRAY or self.aux[self.ins[si].a0][0] != "input":
                     raise TapeError(f"slot {si} is not an array input")
-                v = np.asarray(v)
+                v = _np_asarray(v)
                 if v.shape != self.avals[si].shape or v.dtype != self.avals[si].dtype:
                     raise ValueError(f"input of shape {v.shape} and dtype {v.dtype} for a "
                                      f"recorded {self.avals[si].shape} {self.avals[si].dtype}")
@@ -2587,20 +2594,20 @@ cdef class Tape:
     def _export(self):
         dt = np.dtype([("op", "<i2"), ("flags", "<u2"), ("a0", "<i4"), ("a1", "<i4"),
                        ("a2", "<i4")])
-        ins = np.empty(self.n, dt)
-        val = np.empty(self.n, "<f8")
+        ins = _np_empty(self.n, dt)
+        val = _np_empty(self.n, "<f8")
         cdef int16_t[::1] o
         cdef uint16_t[::1] f
         cdef int32_t[::1] x0, x1, x2
         cdef double[::1] v
         cdef Py_ssize_t i
         if self.n:
-            o = np.empty(self.n, np.int16)
-            f = np.empty(self.n, np.uint16)
-            x0 = np.empty(self.n, np.int32)
-            x1 = np.empty(self.n, np.int32)
-            x2 = np.empty(self.n, np.int32)
-            v = np.empty(self.n, np.float64)
+            o = _np_empty(self.n, np.int16)
+            f = _np_empty(self.n, np.uint16)
+            x0 = _np_empty(self.n, np.int32)
+            x1 = _np_empty(self.n, np.int32)
+            x2 = _np_empty(self.n, np.int32)
+            v = _np_empty(self.n, _np_float64)
             for i in range(self.n):
                 o[i] = self.ins[i].op
                 f[i] = self.ins[i].flags
@@ -2628,7 +2635,7 @@ cdef class Tape:
         cdef int32_t[:] x0 = np.ascontiguousarray(a0, np.int32)
         cdef int32_t[:] x1 = np.ascontiguousarray(a1, np.int32)
         cdef int32_t[:] x2 = np.ascontiguousarray(a2, np.int32)
-        cdef double[:] v = np.ascontiguousarray(val, np.float64)
+        cdef double[:] v = np.ascontiguousarray(val, _np_float64)
         if not (o.shape[0] == f.shape[0] == x0.shape[0] == x1.shape[0] == x2.shape[0]
                 == v.shape[0] == n):
             raise TapeFormatError("instruction arrays of different lengths")
@@ -2731,7 +2738,7 @@ cdef class Adjoints:
         dt = np.dtype(dtype)
         g = self.aadj.get(slot)
         if g is None:
-            return np.zeros(shape, dt)
+            return _np_zeros(shape, dt)
         if self.abufs is not None and self.abufs.get(slot) is g:
             del self.abufs[slot]
         if g.dtype != dt:
@@ -2747,7 +2754,7 @@ cdef class Adjoints:
     def array(self, Py_ssize_t slot, shape):
         g = self.aadj.get(slot)
         if g is None:
-            return np.zeros(shape, np.float64)
+            return _np_zeros(shape, _np_float64)
         return g
 
 
@@ -2906,7 +2913,7 @@ cdef class TapeValue:
 
 cdef bint _is_operand(object o):
     return (getattr(o, "_ad_tag", None) is not None or _is_number(o)
-            or isinstance(o, (np.ndarray, bool, np.bool_)))
+            or isinstance(o, (_ndarray, bool, np.bool_)))
 
 
 cdef Tape _owner_tape(args):
@@ -3017,11 +3024,11 @@ cdef class TapeArray:
                                 f"{np.dtype(dtype)} while recording (its derivative would be "
                                 "lost): use adcore functions and operators on it, or .value "
                                 "for its (constant) value")
-            out = np.empty(self.shape, dtype=object)
+            out = _np_empty(self.shape, dtype=object)
             for index in np.ndindex(*self.shape):
                 out[index] = self[index]
             return out
-        return np.asarray(self.value, dtype=dtype)
+        return _np_asarray(self.value, dtype=dtype)
 
     cdef _read_all(self):
         if self.tape.recording:
@@ -3150,7 +3157,7 @@ def _enc(v, depth=0):
         return ["t", [_enc(x, depth + 1) for x in v]]
     if isinstance(v, list):
         return ["l", [_enc(x, depth + 1) for x in v]]
-    if isinstance(v, np.ndarray) and v.dtype.kind in "biu":
+    if isinstance(v, _ndarray) and v.dtype.kind in "biu":
         return ["a", v.dtype.str, list(v.shape), v.ravel().tolist()]
     raise TypeError(f"cannot save a value of type {type(v).__name__} in a tape "
                     "(allowed: None, bool, int, float, str, slice, Ellipsis, tuples, lists, "
@@ -3353,7 +3360,7 @@ def _load(data):
     if _zlib.crc32(body) != crc:
         raise _bad("checksum mismatch (corrupted data)")
     ins = np.frombuffer(body, _INSTR, n, 0)
-    val = np.frombuffer(body, "<f8", n, 16 * n).astype(np.float64)
+    val = np.frombuffer(body, "<f8", n, 16 * n).astype(_np_float64)
     try:
         meta = _json.loads(body[24 * n: 24 * n + mlen].decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -3406,7 +3413,7 @@ def _build(ins, val, meta, blob):
     ck = (flags & (F_CKX | F_CKY)) != 0
     if ((flags & F_CKX) & ((flags & F_CKY) >> 1)).any():
         raise _bad("both constant flags set")
-    arity = np.zeros(n, np.int64)
+    arity = _np_zeros(n, np.int64)
     arity_of = np.array([RULE_ARITY[i] for i in range(N_RULES)], np.int64)
     arity[is_rule] = arity_of[ops[is_rule]]
     if (ck & ~(is_rule & (arity == 2))).any():
