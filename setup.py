@@ -73,10 +73,10 @@ class build_ext(_build_ext):
         super().build_extensions()
 
 
+ext_modules = cythonize(extensions, compiler_directives=codegen["COMPILER_DIRECTIVES"])
+codegen["add_kernel_clones"](ROOT / "adcore" / "_tape.c")   # AVX2 + baseline kernels
+
 setup(
     cmdclass={"build_ext": build_ext},
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives=codegen["COMPILER_DIRECTIVES"],
-    ),
+    ext_modules=ext_modules,
 )

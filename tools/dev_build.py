@@ -30,6 +30,8 @@ def main(names):
     os.chdir(ROOT)
     exts = [Extension(f"adcore.{n}", [f"adcore/{n}.pyx"]) for n in names]
     exts = cythonize(exts, compiler_directives=codegen["COMPILER_DIRECTIVES"])
+    if "_tape" in names:
+        codegen["add_kernel_clones"](ROOT / "adcore" / "_tape.c")
     dist = Distribution({"ext_modules": exts, "packages": ["adcore"]})
     cmd = dist.get_command_obj("build_ext")
     cmd.inplace = True
