@@ -266,3 +266,74 @@ def test_value_and_grad_follows_the_structure_of_each_call():
     with pytest.raises(TypeError, match=r"argument 0\['b'\]: cannot differentiate with "
                                         r"respect to a str"):
         vg({"w": np.arange(3.0), "b": "x"})
+
+
+def _replay_case(dtype=np.float32):
+    model, params, x, y = _mlp((6, 8, 4), 10, dtype)
+    loss = lambda p, x, y: F.cross_entropy(model(p, x), y)          # noqa: E731
+    return adcore.record(loss, params, x, y), params, x, y
+
+
+@pytest.mark.parametrize("labels", ["int", "float"])
+def test_replayed_labels_are_checked_on_every_replay(labels):
+    """The tape hands integer labels to cross_entropy as float64 (its quick check)
+    and the reverse rule reuses the positions the value checked: bad labels on a
+    replay still raise, and a good replay after them gives the right gradient."""
+    tape, params, x, y = _replay_case()
+    kind = np.float64 if labels == "float" else np.int64
+    want = tape.gradient(params, x, y.astype(kind))
+    cases = [(np.where(np.arange(10) == 3, 4, y), r"0\.\.3"),
+             (np.where(np.arange(10) == 3, -1, y), r"0\.\.3")]
+    if labels == "float":
+        for v in (np.nan, np.inf, -np.inf, 0.5, -0.5, 1e300):
+            cases.append((np.where(np.arange(10) == 3, v, y), "integers"))
+    for bad, what in cases:
+        bad = bad.astype(kind) if labels == "int" else bad.astype(np.float64)
+        with pytest.raises(ValueError, match=what):
+            tape.gradient(params, x, bad)
+        with pytest.raises(ValueError, match=what):
+            tape(params, x, bad)
+    got = tape.gradient(params, x, y.astype(kind))
+    for a, b in zip(got[0], want[0]):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
+    ref = mlp_loss_and_grads(params, x, y)[1]
+    _assert_tree_close(got[0], ref, 2e-5, 1e-6)
+
+
+def test_cross_entropy_reverse_rule_with_other_labels_than_the_value():
+    """The reverse rule reuses the checked positions only for the labels object of
+    the last value call; other labels (or the same labels at another shape) are
+    checked and used."""
+    ce = REGISTRY["cross_entropy"]
+    z = RNG.standard_normal((5, 4))
+    y1, y2 = np.array([0, 1, 2, 3, 0]), np.array([3.0, 2.0, 1.0, 0.0, 3.0])
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    loss1 = ce.value(z, y1)
+    g2 = ce.vjp(1.0, [z, y2], loss1, [True, False])[0]
+    np.testing.assert_allclose(g2, (p - np.eye(4)[y2.astype(int)]) / 5, rtol=1e-13, atol=1e-15)
+    g1 = ce.vjp(1.0, [z, y1], loss1, [True, False])[0]
+    np.testing.assert_allclose(g1, (p - np.eye(4)[y1]) / 5, rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        ce.vjp(1.0, [z, np.array([0, 1, 2, 4, 0])], loss1, [True, False])
+    # the same labels object with logits of another shape: checked again
+    ce.value(z, y1)
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        ce.vjp(1.0, [z[:, :3], y1], loss1, [True, False])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("c", [4, 70])
+def test_cross_entropy_cotangent_for_any_logits_layout(order, c):
+    """The labelled entries are found by C-order positions whatever the memory
+    layout of the logits (and of the cotangent built from them)."""
+    ce = REGISTRY["cross_entropy"]
+    z = np.asarray(RNG.standard_normal((6, c)), order=order)
+    y = RNG.integers(0, c, 6)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    loss = ce.value(z, y)
+    np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(6), y])), rtol=1e-13)
+    g = ce.vjp(1.0, [z, y], loss, [True, False])[0]
+    np.testing.assert_allclose(g, (p - np.eye(c)[y]) / 6, rtol=1e-12, atol=1e-15)

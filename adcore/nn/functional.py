@@ -14,6 +14,7 @@ cotangents.  Max pooling splits the gradient evenly among tied maxima, as
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Optional, Sequence, Tuple
 
@@ -167,6 +168,15 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
         raise ValueError(f"cross_entropy: labels must have shape ({n},) to match the "
                          f"logits, got {y.shape}")
     kind = y.dtype.kind
+    if y.dtype == _F64 and n:
+        # a tape hands integer labels back as float64: the bits of a float in [+0, c)
+        # read as uint64 lie below those of c (negatives, inf and NaN above), so one
+        # reduction checks the range and the cast below cannot meet NaN or inf
+        if np.maximum.reduce(y.view(np.uint64)) < _float_bits(classes):
+            yi = y.astype(np.intp)
+            if not np.count_nonzero(yi != y):
+                return yi
+        # else the checks below name the problem
     if kind != "i" and kind != "u":
         # a tape may hand integer labels back as floats: accept exact integers only
         # (NaN and inf convert to some integer that differs from them)
@@ -184,6 +194,20 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
     return y
 
 
+_F64 = np.dtype(np.float64)
+_BITS: dict = {}
+
+
+def _float_bits(c: int) -> int:
+    """The IEEE bits of float(c) as an unsigned integer (cached per class count)."""
+    b = _BITS.get(c)
+    if b is None:
+        b = int(np.array(float(c)).view(np.uint64))
+        if len(_BITS) < 256:
+            _BITS[c] = b
+    return b
+
+
 def _check_logits(logits: np.ndarray) -> None:
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must have shape (batch, classes), got "
@@ -192,20 +216,35 @@ def _check_logits(logits: np.ndarray) -> None:
         raise ValueError("cross_entropy: the batch is empty")
 
 
+_STARTS: dict = {}
+
+
+def _picks(labels: Any, n: int, c: int) -> np.ndarray:
+    """The flat (C order) positions in (n, c) logits of each row's labelled entry,
+    labels checked; the row starts i * c are cached per shape."""
+    y = _labels(labels, n, c)
+    starts = _STARTS.get((n, c))
+    if starts is None:
+        starts = np.arange(n) * c
+        starts.flags.writeable = False
+        if len(_STARTS) < 64:
+            _STARTS[(n, c)] = starts
+    return np.add(starts, y, dtype=np.intp)
+
+
 #: up to this many classes cross_entropy works on the (classes, batch) transpose
 _FEW_CLASSES = 64
 
 
-def _by_class(z: np.ndarray, y: np.ndarray):
-    """(zc, axis, at): the logits laid out for reductions over the classes, the class
-    axis, and the index of each row's labelled entry.  numpy reduces a short inner
-    axis row by row (max over (512, 10) takes 23 us); on the C-contiguous transpose
-    the same reduction is c vectorized passes over the batch (2 us, the copy 2 us).
-    Many classes stay in place (a long sequential sum would lose accuracy)."""
-    rows = np.arange(z.shape[0])
+def _by_class(z: np.ndarray):
+    """(zc, axis): the logits laid out for reductions over the classes, and the class
+    axis.  numpy reduces a short inner axis row by row (max over (512, 10) takes
+    23 us); on the C-contiguous transpose the same reduction is c vectorized passes
+    over the batch (2 us, the copy 2 us).  Many classes stay in place (a long
+    sequential sum would lose accuracy)."""
     if z.shape[1] <= _FEW_CLASSES:
-        return np.ascontiguousarray(z.T), 0, (y, rows)
-    return z, 1, (rows, y)
+        return np.ascontiguousarray(z.T), 0
+    return z, 1
 
 
 class CrossEntropy(Primitive):
@@ -214,20 +253,28 @@ class CrossEntropy(Primitive):
     name = "cross_entropy"
     differentiable = (0,)
 
+    #: (labels, n, c, positions) of the last value call: its reverse rule (which a
+    #: replay calls with the same labels object) reuses the checked positions
+    _last: Any = None
+
     def value(self, logits, labels):
         z = _float(logits)
         _check_logits(z)
         n, c = z.shape
-        zc, ax, at = _by_class(z, _labels(labels, n, c))
+        at = _picks(labels, n, c)         # checked on every call: a replay's labels are new
+        self._last = (labels, n, c, at)
+        zc, ax = _by_class(z)
         m = np.maximum.reduce(zc, axis=ax)
         e = np.subtract(zc, m if ax == 0 else m[:, None])
         np.exp(e, out=e)
         loss = np.log(np.add.reduce(e, axis=ax))
         loss += m
-        picked = zc[at]
+        picked = z.reshape(-1).take(at)
         loss -= picked
         out = np.add.reduce(loss) * loss.dtype.type(1.0 / n)
-        if not np.isfinite(out):  # inf logits: the careful logsumexp decides inf or nan
+        # math.isfinite is exact for float32/float64 (a longdouble might not fit a float)
+        if not (math.isfinite(out) if z.dtype in _F32_F64 else np.isfinite(out)):
+            # inf logits: the careful logsumexp decides inf or nan
             out = (_lse(z, 1, False) - picked).sum() * loss.dtype.type(1.0 / n)
         return out
 
@@ -250,7 +297,13 @@ class CrossEntropy(Primitive):
         g = cotangent(g, out)
         z = _float(xs[0])
         n, c = z.shape
-        zc, ax, at = _by_class(z, _labels(xs[1], n, c))
+        labels = xs[1]
+        last = self._last
+        if last is not None and last[0] is labels and last[1] == n and last[2] == c:
+            at = last[3]                  # the positions value checked for these labels
+        else:
+            at = _picks(labels, n, c)
+        zc, ax = _by_class(z)
         # g * (softmax(z) - onehot(y)) / n, the scale folded into the normalization
         m = np.maximum.reduce(zc, axis=ax)
         e = np.subtract(zc, m if ax == 0 else m[:, None])
@@ -258,9 +311,16 @@ class CrossEntropy(Primitive):
         scale = np.asarray(g, dtype=e.dtype) * e.dtype.type(1.0 / n)
         s = np.add.reduce(e, axis=ax)
         np.divide(scale, s, out=s)
-        e *= s if ax == 0 else s[:, None]
-        e[at] -= scale
-        return (e.T if ax == 0 else e, None)
+        if ax == 0:
+            # the product written in the logits' own (C) layout: the tape keeps it
+            # as the adjoint without a copy
+            gz = np.multiply(e.T, s[:, None], order="C")
+        else:
+            gz = e
+            gz *= s[:, None]
+        # the positions count in C order (e has the layout of z, which may be another)
+        (gz.reshape(-1) if gz.flags.c_contiguous else gz.flat)[at] -= scale
+        return (gz, None)
 
 
 class MSE(Primitive):
