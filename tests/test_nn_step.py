@@ -337,3 +337,130 @@ def test_cross_entropy_cotangent_for_any_logits_layout(order, c):
     np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(6), y])), rtol=1e-13)
     g = ce.vjp(1.0, [z, y], loss, [True, False])[0]
     np.testing.assert_allclose(g, (p - np.eye(c)[y]) / 6, rtol=1e-12, atol=1e-15)
+
+
+def _layers(dtype=np.float32):
+    rng = np.random.default_rng(4)
+    return [{"w": rng.standard_normal((3, 4)).astype(dtype), "b": rng.standard_normal(4).astype(dtype)},
+            {},
+            {"w": rng.standard_normal((4, 2)).astype(dtype), "b": rng.standard_normal(2).astype(dtype)}]
+
+
+def _grads_like(params, rng, dtype=None):
+    return [{k: rng.standard_normal(v.shape).astype(dtype or v.dtype) for k, v in p.items()}
+            for p in params]
+
+
+def _sgd_by_hand(p, g, v, lr, momentum, wd, nesterov):
+    """SGD written out per leaf (PyTorch's form), in the parameter's dtype."""
+    t = p.dtype.type
+    g = g.astype(p.dtype)
+    if wd:
+        g = g + p * t(wd)
+    if momentum:
+        v *= t(momentum)
+        v += g
+        g = g + v * t(momentum) if nesterov else v
+    p -= t(lr) * g
+
+
+@pytest.mark.parametrize("kw", [{}, {"momentum": 0.9}, {"momentum": 0.5, "nesterov": True},
+                                {"momentum": 0.9, "weight_decay": 0.01}, {"weight_decay": 0.1}])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_steps_bitwise_by_hand_through_every_path(kw, dtype):
+    """Later steps take the quick path (same plain tree, shapes and dtypes); other
+    gradients (float64 for float32 parameters, a namedtuple tree, a changed
+    learning rate) take the checked path or new constants: every step equals
+    the update written out by hand, bit for bit, in place."""
+    rng = np.random.default_rng(8)
+    params = _layers(dtype)
+    mine = [{k: v.copy() for k, v in p.items()} for p in params]
+    vel = [{k: np.zeros_like(v) for k, v in p.items()} for p in params]
+    ids = [id(v) for p in params for v in p.values()]
+    opt = adcore.nn.SGD(lr=0.1, **kw)
+    for step in range(6):
+        g = _grads_like(params, rng, np.float64 if step == 3 else None)
+        if step == 4:
+            opt.lr = 0.05                          # a schedule changes the rate
+        assert opt.step(params, g) is params
+        for p, q, gg, v in zip(params, mine, g, vel):
+            for k in q:
+                _sgd_by_hand(q[k], gg[k], v[k], opt.lr, opt.momentum, opt.weight_decay,
+                             opt.nesterov)
+                assert p[k].dtype == dtype
+                np.testing.assert_array_equal(p[k], q[k])
+    assert [id(v) for p in params for v in p.values()] == ids     # updated in place
+    assert opt.steps == 6
+
+
+def test_adam_steps_bitwise_by_hand():
+    rng = np.random.default_rng(9)
+    params = {"w": rng.standard_normal((3, 2)).astype(np.float32),
+              "b": rng.standard_normal(2).astype(np.float32)}
+    mine = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v2 = {k: np.zeros_like(v) for k, v in params.items()}
+    opt = adcore.nn.Adam(lr=0.01, weight_decay=0.1, decoupled=True)
+    t = np.float32
+    for step in range(1, 5):
+        g = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+        opt.step(params, g)
+        c1, c2 = 1.0 - 0.9 ** step, 1.0 - 0.999 ** step
+        for k in mine:
+            m[k] *= t(0.9)
+            m[k] += t(1.0 - 0.9) * g[k]
+            v2[k] *= t(0.999)
+            v2[k] += t(1.0 - 0.999) * (g[k] * g[k])
+            mine[k] -= t(0.01 * 0.1) * mine[k]
+            mine[k] -= t(0.01 * np.sqrt(c2) / c1) * m[k] / (np.sqrt(v2[k]) + t(1e-8 * np.sqrt(c2)))
+            np.testing.assert_array_equal(params[k], mine[k])
+
+
+def test_optimizer_quick_path_falls_back_and_names_problems():
+    """After a first step the quick path handles the same tree; any difference
+    (structure, shapes, dtypes, a read-only or non-array leaf) goes to the checked
+    path with its errors, and nothing is updated when a step is refused."""
+    rng = np.random.default_rng(10)
+    params = _layers()
+    opt = adcore.nn.SGD(lr=0.1, momentum=0.9)
+    opt.step(params, _grads_like(params, rng))
+    before = [{k: v.copy() for k, v in p.items()} for p in params]
+
+    def unchanged():
+        for p, q in zip(params, before):
+            for k in q:
+                np.testing.assert_array_equal(p[k], q[k])
+
+    g = _grads_like(params, rng)
+    del g[2]["b"]
+    with pytest.raises(ValueError, match="structure"):
+        opt.step(params, g)
+    g = _grads_like(params, rng)
+    g[0]["w"] = g[0]["w"][:2]
+    with pytest.raises(ValueError, match=r"gradient leaf 0 has shape \(2, 4\)"):
+        opt.step(params, g)
+    bigger = [dict(p) for p in params]
+    bigger[2]["w"] = np.zeros((5, 2), np.float32)
+    with pytest.raises(ValueError, match="first step"):
+        opt.step(bigger, _grads_like(bigger, rng))
+    more = params + [{"w": np.zeros(2, np.float32)}]
+    with pytest.raises(ValueError, match="changed structure"):
+        opt.step(more, _grads_like(more, rng))
+    frozen = [dict(p) for p in params]
+    frozen[0]["b"] = params[0]["b"].copy()
+    frozen[0]["b"].flags.writeable = False
+    with pytest.raises(TypeError, match="writable numpy array"):
+        opt.step(frozen, _grads_like(params, rng))
+    listed = [dict(p) for p in params]
+    listed[2]["b"] = 1.0
+    with pytest.raises(TypeError, match="writable numpy array"):
+        opt.step(listed, _grads_like(params, rng))
+    unchanged()
+    assert opt.steps == 1
+    # a float64 parameter array in place of a float32 one: the checked path, the
+    # update in that array's dtype
+    f64 = [dict(p) for p in params]
+    f64[0]["b"] = params[0]["b"].astype(np.float64)
+    g = _grads_like(params, rng)
+    opt.step(f64, g)
+    assert f64[0]["b"].dtype == np.float64 and opt.steps == 2

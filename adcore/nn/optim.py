@@ -48,7 +48,48 @@ def _zip_leaves(p: Any, g: Any, out: List[Tuple[Any, Any]]) -> bool:
 class _Optimizer:
     def __init__(self) -> None:
         self._shapes: Optional[List[Tuple[int, ...]]] = None
+        self._dtypes: Optional[List[np.dtype]] = None     # the parameters' at the first step
+        self._kept: Any = None        # (hyperparameters, dtypes, constants) of _constants_for
         self.steps = 0
+
+    def _quick(self, params: Any, grads: Any):
+        """(parameter leaves, gradient leaves) when this step looks like the last
+        ones: a dict of arrays or a list/tuple of arrays and such dicts (the usual
+        model parameters), writable arrays of the first step's shapes and dtypes,
+        gradients of the same shapes and dtypes; else None (then _leaves checks
+        everything and names the problem).  One pass, no recursion."""
+        shapes = self._shapes
+        if shapes is None:
+            return None
+        tp = type(params)
+        if tp is dict:
+            if type(grads) is not dict or params.keys() != grads.keys():
+                return None
+            ps = list(params.values())
+            gs = list(map(grads.__getitem__, params))
+        elif tp is list or tp is tuple:
+            if type(grads) is not tp or len(params) != len(grads):
+                return None
+            ps, gs = [], []
+            for a, b in zip(params, grads):
+                if type(a) is dict:
+                    if type(b) is not dict or a.keys() != b.keys():
+                        return None
+                    ps += a.values()
+                    gs += map(b.__getitem__, a)
+                else:
+                    ps.append(a)
+                    gs.append(b)
+        else:
+            return None
+        if len(ps) != len(shapes):
+            return None
+        nd = np.ndarray
+        for p, g, s, d in zip(ps, gs, shapes, self._dtypes):
+            if (type(p) is not nd or type(g) is not nd or p.shape != s or g.shape != s
+                    or p.dtype != d or g.dtype != d or not p.flags.writeable):
+                return None
+        return ps, gs
 
     def _leaves(self, params: Any, grads: Any) -> List[Tuple[Any, Any]]:
         name = type(self).__name__
@@ -77,6 +118,7 @@ class _Optimizer:
                                  f"{shapes[i]} at the first step; use a new optimizer")
         if shapes is None:
             self._shapes = [p.shape for p, _ in pairs]
+            self._dtypes = [p.dtype for p, _ in pairs]
             self._init_state([p for p, _ in pairs])
         return pairs
 
@@ -84,15 +126,46 @@ class _Optimizer:
         pass
 
     def step(self, params: Any, grads: Any) -> Any:
-        pairs = self._leaves(params, grads)
+        quick = self._quick(params, grads)
+        if quick is None:
+            pairs = self._leaves(params, grads)
+            ps = [p for p, _ in pairs]
+            gs = [g if type(g) is np.ndarray and g.dtype == p.dtype
+                  else np.asarray(g, dtype=p.dtype) for p, g in pairs]
+            dtypes = [p.dtype for p in ps]
+        else:
+            ps, gs = quick
+            dtypes = self._dtypes
         self.steps += 1
-        for i, (p, g) in enumerate(pairs):
-            if type(g) is not np.ndarray or g.dtype != p.dtype:
-                g = np.asarray(g, dtype=p.dtype)
-            self._update(i, p, g)
+        self._apply(ps, gs, self._constants_for(dtypes))
         return params
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:
+    def _constants_for(self, dtypes: list) -> list:
+        """Per leaf, the step's constants in that leaf's dtype; kept while the
+        hyperparameters (public attributes: a schedule may change them) and the
+        first step's dtypes stay."""
+        key = self._key()
+        kept = self._kept
+        if kept is not None and kept[1] is dtypes and kept[0] == key:
+            return kept[2]
+        per: dict = {}
+        ks = []
+        for d in dtypes:
+            k = per.get(d)
+            if k is None:
+                k = per[d] = self._constants(d.type)
+            ks.append(k)
+        if dtypes is self._dtypes:
+            self._kept = (key, dtypes, ks)
+        return ks
+
+    def _key(self) -> tuple:
+        raise NotImplementedError
+
+    def _constants(self, t: Any) -> tuple:
+        raise NotImplementedError
+
+    def _apply(self, ps: list, gs: list, ks: list) -> None:
         raise NotImplementedError
 
 
@@ -120,15 +193,23 @@ class SGD(_Optimizer):
         if self.momentum:
             self.velocity = [np.zeros_like(p) for p in leaves]
 
-    def _update(self, i, p, g):
-        if self.weight_decay:
-            g = g + p * p.dtype.type(self.weight_decay)
-        if self.momentum:
-            v = self.velocity[i]
-            v *= p.dtype.type(self.momentum)
-            v += g
-            g = g + v * p.dtype.type(self.momentum) if self.nesterov else v
-        p -= p.dtype.type(self.lr) * g
+    def _key(self):
+        return self.lr, self.weight_decay, self.momentum
+
+    def _constants(self, t):
+        return t(self.lr), t(self.weight_decay), t(self.momentum)
+
+    def _apply(self, ps, gs, ks):
+        wd, mom, nesterov = self.weight_decay, self.momentum, self.nesterov
+        for i, (p, g, (lr_t, wd_t, mom_t)) in enumerate(zip(ps, gs, ks)):
+            if wd:
+                g = g + p * wd_t
+            if mom:
+                v = self.velocity[i]
+                v *= mom_t
+                v += g
+                g = g + v * mom_t if nesterov else v
+            p -= lr_t * g
 
 
 class Adam(_Optimizer):
@@ -156,19 +237,30 @@ class Adam(_Optimizer):
         self.m = [np.zeros_like(p) for p in leaves]
         self.v = [np.zeros_like(p) for p in leaves]
 
-    def _update(self, i, p, g):
-        t = p.dtype.type
-        if self.weight_decay and not self.decoupled:
-            g = g + p * t(self.weight_decay)
-        m, v = self.m[i], self.v[i]
-        m *= t(self.b1)
-        m += t(1.0 - self.b1) * g
-        v *= t(self.b2)
-        v += t(1.0 - self.b2) * (g * g)
+    def _key(self):
+        return self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps
+
+    def _constants(self, t):
         c1 = 1.0 - self.b1 ** self.steps
         c2 = 1.0 - self.b2 ** self.steps
         step = self.lr * math.sqrt(c2) / c1
-        if self.weight_decay and self.decoupled:
-            p -= t(self.lr * self.weight_decay) * p
         # eps scaled so that it is added to the bias-corrected sqrt(v), as in the paper
-        p -= t(step) * m / (np.sqrt(v) + t(self.eps * math.sqrt(c2)))
+        return (t(self.b1), t(1.0 - self.b1), t(self.b2), t(1.0 - self.b2), t(step),
+                t(self.eps * math.sqrt(c2)), t(self.weight_decay),
+                t(self.lr * self.weight_decay))
+
+    def _apply(self, ps, gs, ks):
+        coupled = self.weight_decay and not self.decoupled
+        decoupled = self.weight_decay and self.decoupled
+        for i, (p, g, k) in enumerate(zip(ps, gs, ks)):
+            b1, b1c, b2, b2c, step, eps, wd, lr_wd = k
+            if coupled:
+                g = g + p * wd
+            m, v = self.m[i], self.v[i]
+            m *= b1
+            m += b1c * g
+            v *= b2
+            v += b2c * (g * g)
+            if decoupled:
+                p -= lr_wd * p
+            p -= step * m / (np.sqrt(v) + eps)
