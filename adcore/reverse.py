@@ -380,32 +380,89 @@ def _gather(slots: List[int]) -> Callable[[Any], tuple]:
     return operator.itemgetter(*slots)
 
 
+class _Layout:
+    """What replaying a tape needs that depends only on the tape (a finished tape
+    never changes), kept in ``tape.flat_args``: the quick input layout (``plan``,
+    see _plan), per ``argnums`` its normalized tuple, per set of differentiated
+    arguments the reverse sweep's ``wrt`` and plan entries, and the checked scalar
+    output.  Worked out again when ``in_tree``, ``in_leaves`` or ``out_leaves``
+    (public attributes) are replaced."""
+
+    __slots__ = ("in_tree", "in_leaves", "plan", "argnums", "sweeps", "out_leaves", "out")
+
+    def __init__(self, tape: Tape):
+        self.in_tree, self.in_leaves = tape.in_tree, tape.in_leaves
+        self.plan = (_make_plan(tape.in_tree, tape.in_leaves) or None
+                     if tape.in_tree is not None else None)
+        self.argnums: dict = {}     # an int argnums -> its tuple of argument numbers
+        self.sweeps: dict = {}      # nums (None: all) -> (wrt frozenset or None, entries)
+        self.out_leaves = None      # the out_leaves that `out` was checked for
+        self.out = None             # (kind, ref) of the scalar output
+
+
+def _layout(tape: Tape) -> _Layout:
+    """The tape's _Layout (the tape must have a recorded structure)."""
+    lay = tape.flat_args
+    if (type(lay) is not _Layout or lay.in_tree is not tape.in_tree
+            or lay.in_leaves is not tape.in_leaves):
+        lay = tape.flat_args = _Layout(tape)
+    return lay
+
+
+def _two_level(td: TreeDef):
+    """(type, keys) when td is a dict of leaves (keys: its keys) or a list/tuple of
+    leaves and dicts of leaves (keys: per item None or the dict's keys), the usual
+    model parameters; else None."""
+    if td.kind == "dict":
+        if all(c.kind == "leaf" for c in td.children):
+            return dict, tuple(td.meta)
+        return None
+    if td.kind != "list" and td.kind != "tuple":
+        return None
+    keys = []
+    for c in td.children:
+        if c.kind == "leaf":
+            keys.append(None)
+        elif c.kind == "dict" and all(g.kind == "leaf" for g in c.children):
+            keys.append(tuple(c.meta))
+        else:
+            return None
+    return (list if td.kind == "list" else tuple), keys
+
+
+def _make_plan(td: TreeDef, in_leaves: list) -> list:
+    plan = []
+    k = 0
+    for c in td.children:
+        m = c.num_leaves
+        specs = in_leaves[k:k + m]
+        k += m
+        flat = _two_level(c)
+        if c.kind == "leaf":
+            plan.append(("leaf", specs[0]))
+        elif (c.kind in ("list", "tuple") and all(g.kind == "leaf" for g in c.children)
+              and all(sp[1] is None for sp in specs)):
+            plan.append(("seq", list if c.kind == "list" else tuple, specs,
+                         _gather([sp[0] for sp in specs])))
+        elif flat is not None:
+            gspecs = [(s, sh, None if sh is None else _dtype(dt)) for s, sh, dt in specs]
+            plan.append(("flat", flat[0], flat[1], specs, gspecs))
+        else:
+            plan.append(("tree", c, specs))
+    return plan
+
+
 def _plan(tape: Tape):
     """The quick replay layout (cached on the tape): per positional argument,
     ("leaf", spec) for one leaf, ("seq", list|tuple, specs, gather) for a list/tuple
-    of scalars (gather reads their adjoints), or ("tree", treedef, specs) for any
+    of scalars (gather reads their adjoints), ("flat", type, keys, specs, gspecs)
+    for a dict of leaves or a list/tuple of leaves and such dicts (see _two_level;
+    gspecs: the specs with np.dtype objects), or ("tree", treedef, specs) for any
     other structure (matched against the recorded structure while its leaves are
     collected); None when the tape has no recorded structure."""
-    if tape.flat_args is None:
-        td = tape.in_tree
-        if td is None:
-            return None
-        plan = []
-        k = 0
-        for c in td.children:
-            m = c.num_leaves
-            specs = tape.in_leaves[k:k + m]
-            k += m
-            if c.kind == "leaf":
-                plan.append(("leaf", specs[0]))
-            elif (c.kind in ("list", "tuple") and all(g.kind == "leaf" for g in c.children)
-                  and all(sp[1] is None for sp in specs)):
-                plan.append(("seq", list if c.kind == "list" else tuple, specs,
-                             _gather([sp[0] for sp in specs])))
-            else:
-                plan.append(("tree", c, specs))
-        tape.flat_args = plan
-    return tape.flat_args or None
+    if tape.in_tree is None:
+        return None
+    return _layout(tape).plan
 
 
 def _match(node: Any, td: TreeDef, out: list) -> bool:
@@ -457,6 +514,42 @@ def _rebuild(td: TreeDef, it: Any) -> Any:
     return unflatten(td, [next(it) for _ in range(td.num_leaves)])
 
 
+def _flat_leaves(a: Any, tp: type, keys: Any):
+    """The leaves of a when it has the structure (tp, keys) of _two_level, in
+    order; None on any difference (dict keys count in order, as in _match)."""
+    if type(a) is not tp:
+        return None
+    if tp is dict:
+        return list(a.values()) if tuple(a) == keys else None
+    if len(a) != len(keys):
+        return None
+    leaves = []
+    for v, ks in zip(a, keys):
+        if ks is None:
+            leaves.append(v)
+        elif type(v) is not dict or tuple(v) != ks:
+            return None
+        else:
+            leaves += v.values()
+    return leaves
+
+
+def _flat_build(tp: type, keys: Any, leaves: list) -> Any:
+    """The tree of structure (tp, keys) around leaves (the inverse of _flat_leaves)."""
+    if tp is dict:
+        return dict(zip(keys, leaves))
+    out = []
+    k = 0
+    for ks in keys:
+        if ks is None:
+            out.append(leaves[k])
+            k += 1
+        else:
+            out.append(dict(zip(ks, leaves[k:k + len(ks)])))
+            k += len(ks)
+    return out if tp is list else tuple(out)
+
+
 def _quick_leaf(a, spec):
     """A leaf's replay value when it needs no conversion beyond integers to float64,
     else None (the general path converts or names the error)."""
@@ -471,6 +564,21 @@ def _quick_leaf(a, spec):
     return None
 
 
+def _quick_leaves(leaves: list, specs: list, values: list) -> bool:
+    """Append the replay values of leaves (as _quick_leaf gives them) to values;
+    False when one needs the general path.  Arrays as recorded are checked inline."""
+    for a, spec in zip(leaves, specs):
+        if (type(a) is np.ndarray and a.shape == spec[1] and a.flags.c_contiguous
+                and a.dtype.str == spec[2]):
+            values.append(a)
+            continue
+        v = _quick_leaf(a, spec)
+        if v is None:
+            return False
+        values.append(v)
+    return True
+
+
 def _quick_inputs(plan, args):
     """Input leaf values by the quick layout, or None (then the general path decides,
     and names any error)."""
@@ -478,20 +586,20 @@ def _quick_inputs(plan, args):
         return None
     values = []
     for p, a in zip(plan, args):
-        if p[0] == "leaf":
+        kind = p[0]
+        if kind == "leaf":
             v = _quick_leaf(a, p[1])
             if v is None:
                 return None
             values.append(v)
-        elif p[0] == "tree":
-            leaves = []
-            if not _match(a, p[1], leaves):
+        elif kind == "flat":
+            leaves = _flat_leaves(a, p[1], p[2])
+            if leaves is None or not _quick_leaves(leaves, p[3], values):
                 return None
-            for leaf, spec in zip(leaves, p[2]):
-                v = _quick_leaf(leaf, spec)
-                if v is None:
-                    return None
-                values.append(v)
+        elif kind == "tree":
+            leaves = []
+            if not _match(a, p[1], leaves) or not _quick_leaves(leaves, p[2], values):
+                return None
         else:
             if type(a) is not p[1] or len(a) != len(p[2]):
                 return None
@@ -511,7 +619,7 @@ def _quick_inputs(plan, args):
 def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
     if tape.in_tree is None:
         raise TapeError("only tapes made by adcore.record can be replayed")
-    plan = _plan(tape)
+    plan = _layout(tape).plan
     if plan is not None:
         values = _quick_inputs(plan, args)
         if values is not None:
@@ -588,7 +696,13 @@ def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
     if argnums is not None:
         if tape.in_tree is None:
             raise TapeError("only tapes made by adcore.record can be replayed")
-        nums = _argnums(argnums, len(tape.in_tree.children))
+        if type(argnums) is int:        # the usual argnums=0: checked once per tape
+            known = _layout(tape).argnums
+            nums = known.get(argnums)
+            if nums is None:
+                nums = known[argnums] = _argnums(argnums, len(tape.in_tree.children))
+        else:
+            nums = _argnums(argnums, len(tape.in_tree.children))
     # fused: the outputs and the (fused) reverse sweep read nothing else
     rp = tape._replay_pooled(_replay_inputs(tape, args), True)
     try:
@@ -608,9 +722,19 @@ def _leaf_grad(adj, spec):
     return adj.take(slot, shape, _dtype(dt))
 
 
-def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
-    """The gradient for every argument (nums None), or for the arguments nums only
-    (then the sweep skips what leads only to the others)."""
+def _leaf_grads(adj, gspecs: list) -> list:
+    """_leaf_grad for each of gspecs ((slot, shape, np.dtype) per leaf)."""
+    if adj is None:
+        return [0.0 if shape is None else np.zeros(shape, dt) for _, shape, dt in gspecs]
+    take = adj.take
+    return [adj[slot] if shape is None else take(slot, shape, dt)
+            for slot, shape, dt in gspecs]
+
+
+def _scalar_output(tape: Tape, lay: _Layout):
+    """(kind, ref) of the tape's one scalar output, checked once per out_leaves."""
+    if lay.out is not None and lay.out_leaves is tape.out_leaves:
+        return lay.out
     if len(tape.out_leaves) != 1:
         raise TypeError("Tape.gradient needs a recorded function with one scalar output "
                         "(use Tape.jacobian)")
@@ -618,21 +742,36 @@ def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
     if kind == "a" and tape.shape_of(ref) != ():
         raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
                         f"{tape.shape_of(ref)} (use Tape.jacobian)")
-    wrt = None
-    if nums is not None:
-        groups = _groups_of(tape, len(args))
-        wrt = frozenset([sp[0] for i in nums for sp in groups[i][1]])
-    plan = _plan(tape)
+    lay.out, lay.out_leaves = (kind, ref), tape.out_leaves
+    return lay.out
+
+
+def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
+    """The gradient for every argument (nums None), or for the arguments nums only
+    (then the sweep skips what leads only to the others)."""
+    lay = _layout(tape)
+    kind, ref = _scalar_output(tape, lay)
+    plan = lay.plan
     if plan is not None and len(plan) == len(args):
-        # quick layout: no tree walk
+        # quick layout: no tree walk; wrt and the entries kept per nums
+        sweep = lay.sweeps.get(nums)
+        if sweep is None:
+            wrt = None
+            if nums is not None:
+                groups = _groups_of(tape, len(args))
+                wrt = frozenset([sp[0] for i in nums for sp in groups[i][1]])
+            sweep = lay.sweeps[nums] = (wrt, plan if nums is None else [plan[i] for i in nums])
+        wrt, entries = sweep
         if kind == "c":
             adj = None
         else:
             adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp,
                                 wrt=wrt)
         grads = []
-        for p in (plan if nums is None else [plan[i] for i in nums]):
-            if p[0] == "seq":
+        for p in entries:
+            if p[0] == "flat":
+                grads.append(_flat_build(p[1], p[2], _leaf_grads(adj, p[4])))
+            elif p[0] == "seq":
                 grads.append(p[1](p[3](adj)) if adj is not None
                              else p[1]([0.0] * len(p[2])))
             elif p[0] == "tree":
@@ -640,6 +779,10 @@ def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
             else:
                 grads.append(_leaf_grad(adj, p[1]))
         return _pick(grads, argnums)
+    wrt = None
+    if nums is not None:
+        groups = _groups_of(tape, len(args))
+        wrt = frozenset([sp[0] for i in nums for sp in groups[i][1]])
     groups = _groups_of(tape, len(args))
     if nums is not None:
         groups = [groups[i] for i in nums]
