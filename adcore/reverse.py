@@ -439,14 +439,16 @@ def _make_plan(td: TreeDef, in_leaves: list) -> list:
         k += m
         flat = _two_level(c)
         if c.kind == "leaf":
-            plan.append(("leaf", specs[0]))
+            sp = specs[0]
+            plan.append(("leaf", sp, None if sp[1] is None else _dtype(sp[2])))
         elif (c.kind in ("list", "tuple") and all(g.kind == "leaf" for g in c.children)
               and all(sp[1] is None for sp in specs)):
             plan.append(("seq", list if c.kind == "list" else tuple, specs,
                          _gather([sp[0] for sp in specs])))
         elif flat is not None:
             gspecs = [(s, sh, None if sh is None else _dtype(dt)) for s, sh, dt in specs]
-            plan.append(("flat", flat[0], flat[1], specs, gspecs))
+            plan.append(("flat", flat[0], flat[1], specs, gspecs,
+                         [sp[1] for sp in specs], [sp[2] for sp in gspecs]))
         else:
             plan.append(("tree", c, specs))
     return plan
@@ -454,10 +456,11 @@ def _make_plan(td: TreeDef, in_leaves: list) -> list:
 
 def _plan(tape: Tape):
     """The quick replay layout (cached on the tape): per positional argument,
-    ("leaf", spec) for one leaf, ("seq", list|tuple, specs, gather) for a list/tuple
-    of scalars (gather reads their adjoints), ("flat", type, keys, specs, gspecs)
-    for a dict of leaves or a list/tuple of leaves and such dicts (see _two_level;
-    gspecs: the specs with np.dtype objects), or ("tree", treedef, specs) for any
+    ("leaf", spec, np.dtype or None) for one leaf, ("seq", list|tuple, specs, gather)
+    for a list/tuple of scalars (gather reads their adjoints), ("flat", type, keys,
+    specs, gspecs, shapes, dtypes) for a dict of leaves or a list/tuple of leaves and
+    such dicts (see _two_level; gspecs: the specs with np.dtype objects, shapes and
+    dtypes: theirs, listed for one comparison), or ("tree", treedef, specs) for any
     other structure (matched against the recorded structure while its leaves are
     collected); None when the tape has no recorded structure."""
     if tape.in_tree is None:
@@ -566,12 +569,8 @@ def _quick_leaf(a, spec):
 
 def _quick_leaves(leaves: list, specs: list, values: list) -> bool:
     """Append the replay values of leaves (as _quick_leaf gives them) to values;
-    False when one needs the general path.  Arrays as recorded are checked inline."""
+    False when one needs the general path."""
     for a, spec in zip(leaves, specs):
-        if (type(a) is np.ndarray and a.shape == spec[1] and a.flags.c_contiguous
-                and a.dtype.str == spec[2]):
-            values.append(a)
-            continue
         v = _quick_leaf(a, spec)
         if v is None:
             return False
@@ -579,23 +578,39 @@ def _quick_leaves(leaves: list, specs: list, values: list) -> bool:
     return True
 
 
+_shape_of = operator.attrgetter("shape")
+_dtype_of = operator.attrgetter("dtype")
+
+
 def _quick_inputs(plan, args):
     """Input leaf values by the quick layout, or None (then the general path decides,
-    and names any error)."""
+    and names any error).  Arrays of the recorded shape and dtype pass as they are
+    (the tape copies a non-contiguous one, as the general path would)."""
     if len(plan) != len(args):
         return None
     values = []
+    nd = np.ndarray
     for p, a in zip(plan, args):
         kind = p[0]
-        if kind == "leaf":
+        if kind == "flat":
+            leaves = _flat_leaves(a, p[1], p[2])
+            if leaves is None:
+                return None
+            # all arrays as recorded: three C-level passes
+            if (list(map(type, leaves)).count(nd) == len(leaves)
+                    and list(map(_dtype_of, leaves)) == p[6]
+                    and list(map(_shape_of, leaves)) == p[5]):
+                values += leaves
+            elif not _quick_leaves(leaves, p[3], values):
+                return None
+        elif kind == "leaf":
+            if type(a) is nd and a.dtype is p[2] and a.shape == p[1][1]:
+                values.append(a)
+                continue
             v = _quick_leaf(a, p[1])
             if v is None:
                 return None
             values.append(v)
-        elif kind == "flat":
-            leaves = _flat_leaves(a, p[1], p[2])
-            if leaves is None or not _quick_leaves(leaves, p[3], values):
-                return None
         elif kind == "tree":
             leaves = []
             if not _match(a, p[1], leaves) or not _quick_leaves(leaves, p[2], values):
@@ -616,10 +631,10 @@ def _quick_inputs(plan, args):
     return values
 
 
-def _replay_inputs(tape: Tape, args: Tuple[Any, ...]) -> list:
+def _replay_inputs(tape: Tape, args: Tuple[Any, ...], lay=None) -> list:
     if tape.in_tree is None:
         raise TapeError("only tapes made by adcore.record can be replayed")
-    plan = _layout(tape).plan
+    plan = (lay if lay is not None else _layout(tape)).plan
     if plan is not None:
         values = _quick_inputs(plan, args)
         if values is not None:
@@ -692,21 +707,22 @@ def _groups_of(tape: Tape, nargs: int):
 
 
 def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
+    if tape.in_tree is None:
+        raise TapeError("only tapes made by adcore.record can be replayed")
+    lay = _layout(tape)
     nums = None
     if argnums is not None:
-        if tape.in_tree is None:
-            raise TapeError("only tapes made by adcore.record can be replayed")
         if type(argnums) is int:        # the usual argnums=0: checked once per tape
-            known = _layout(tape).argnums
-            nums = known.get(argnums)
+            nums = lay.argnums.get(argnums)
             if nums is None:
-                nums = known[argnums] = _argnums(argnums, len(tape.in_tree.children))
+                nums = lay.argnums[argnums] = _argnums(argnums, len(tape.in_tree.children))
         else:
             nums = _argnums(argnums, len(tape.in_tree.children))
     # fused: the outputs and the (fused) reverse sweep read nothing else
-    rp = tape._replay_pooled(_replay_inputs(tape, args), True)
+    rp = tape._replay_pooled(_replay_inputs(tape, args, lay), True)
     try:
-        return _gradient_of(tape, args, rp, argnums, nums)   # hands over: the workspace is reused
+        # hands over: the workspace is reused
+        return _gradient_of(tape, args, rp, argnums, nums, lay)
     finally:
         tape._release(rp)
 
@@ -746,10 +762,11 @@ def _scalar_output(tape: Tape, lay: _Layout):
     return lay.out
 
 
-def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None) -> Any:
+def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None) -> Any:
     """The gradient for every argument (nums None), or for the arguments nums only
     (then the sweep skips what leads only to the others)."""
-    lay = _layout(tape)
+    if lay is None:
+        lay = _layout(tape)
     kind, ref = _scalar_output(tape, lay)
     plan = lay.plan
     if plan is not None and len(plan) == len(args):
