@@ -388,7 +388,7 @@ class _Layout:
     output.  Worked out again when ``in_tree``, ``in_leaves`` or ``out_leaves``
     (public attributes) are replaced."""
 
-    __slots__ = ("in_tree", "in_leaves", "plan", "argnums", "sweeps", "out_leaves", "out")
+    __slots__ = ("in_tree", "in_leaves", "plan", "argnums", "sweeps", "out")
 
     def __init__(self, tape: Tape):
         self.in_tree, self.in_leaves = tape.in_tree, tape.in_leaves
@@ -396,8 +396,7 @@ class _Layout:
                      if tape.in_tree is not None else None)
         self.argnums: dict = {}     # an int argnums -> its tuple of argument numbers
         self.sweeps: dict = {}      # nums (None: all) -> (wrt frozenset or None, entries)
-        self.out_leaves = None      # the out_leaves that `out` was checked for
-        self.out = None             # (kind, ref) of the scalar output
+        self.out = None             # (out_leaves checked, (kind, ref) of the scalar output)
 
 
 def _layout(tape: Tape) -> _Layout:
@@ -749,8 +748,9 @@ def _leaf_grads(adj, gspecs: list) -> list:
 
 def _scalar_output(tape: Tape, lay: _Layout):
     """(kind, ref) of the tape's one scalar output, checked once per out_leaves."""
-    if lay.out is not None and lay.out_leaves is tape.out_leaves:
-        return lay.out
+    out = lay.out                   # one tuple: threads see both parts or neither
+    if out is not None and out[0] is tape.out_leaves:
+        return out[1]
     if len(tape.out_leaves) != 1:
         raise TypeError("Tape.gradient needs a recorded function with one scalar output "
                         "(use Tape.jacobian)")
@@ -758,8 +758,8 @@ def _scalar_output(tape: Tape, lay: _Layout):
     if kind == "a" and tape.shape_of(ref) != ():
         raise TypeError(f"Tape.gradient needs a scalar output, the recorded output has shape "
                         f"{tape.shape_of(ref)} (use Tape.jacobian)")
-    lay.out, lay.out_leaves = (kind, ref), tape.out_leaves
-    return lay.out
+    lay.out = (tape.out_leaves, (kind, ref))
+    return kind, ref
 
 
 def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None) -> Any:
