@@ -464,3 +464,45 @@ def test_optimizer_quick_path_falls_back_and_names_problems():
     g = _grads_like(params, rng)
     opt.step(f64, g)
     assert f64[0]["b"].dtype == np.float64 and opt.steps == 2
+
+
+def test_threads_replaying_a_step_with_their_own_labels():
+    """cross_entropy's reverse rule reuses the positions of the last value call only
+    for the same labels object: threads replaying one tape on other labels (and the
+    optimizers' and the driver's kept layouts) give the serial results, bitwise."""
+    import sys
+    import threading
+
+    tape, params, x, _ = _replay_case()
+    rng = np.random.default_rng(12)
+    batches = [(rng.standard_normal(x.shape).astype(np.float32), rng.integers(0, 4, 10))
+               for _ in range(6)]
+    serial = [tape.gradient(params, xb, yb, argnums=0) for xb, yb in batches]
+    results = [None] * len(batches)
+    errors = []
+    barrier = threading.Barrier(len(batches))
+
+    def body(k):
+        try:
+            barrier.wait()
+            xb, yb = batches[k]
+            results[k] = [tape.gradient(params, xb, yb, argnums=0) for _ in range(20)]
+        except BaseException as exc:         # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(k,)) for k in range(len(batches))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                  # switch threads often, inside the sweeps
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    for want, got in zip(serial, results):
+        for g in got:
+            for a, b in zip(g, want):
+                for k in b:
+                    assert a[k].tobytes() == b[k].tobytes()
