@@ -201,6 +201,10 @@ class SGD(_Optimizer):
 
     def _apply(self, ps, gs, ks):
         wd, mom, nesterov = self.weight_decay, self.momentum, self.nesterov
+        if not wd and not mom:
+            for p, g, k in zip(ps, gs, ks):
+                p -= k[0] * g
+            return
         for i, (p, g, (lr_t, wd_t, mom_t)) in enumerate(zip(ps, gs, ks)):
             if wd:
                 g = g + p * wd_t
