@@ -506,3 +506,42 @@ def test_threads_replaying_a_step_with_their_own_labels():
             for a, b in zip(g, want):
                 for k in b:
                     assert a[k].tobytes() == b[k].tobytes()
+
+
+@pytest.mark.parametrize("c", [5, 70])
+def test_cross_entropy_reverse_rule_reuses_the_softmax_only_for_the_same_logits(c, monkeypatch):
+    """The value keeps exp(z - max) and its sums for the reverse rule, which uses them
+    only for the same array with the same shape, dtype and bytes: logits changed in
+    place (or reshaped) between the two calls are worked out again."""
+    ce = REGISTRY["cross_entropy"]
+    half = np.float32(0.5)
+
+    def fresh(zz, yy):                       # nothing kept
+        monkeypatch.setattr(F, "_KEEP", 0)
+        ce._soft = None
+        v = ce.value(zz, yy)
+        g = ce.vjp(half, [zz, yy], v, [True, False])[0]
+        monkeypatch.setattr(F, "_KEEP", 1 << 16)
+        return v, g
+
+    z = RNG.standard_normal((6, c)).astype(np.float32)
+    y = RNG.integers(0, c, 6)
+    want_v, want_g = fresh(z.copy(), y)
+    v = ce.value(z, y)
+    assert ce._soft is not None and ce._soft[0] is z
+    assert v.tobytes() == want_v.tobytes()
+    for _ in range(2):                       # a kept softmax is not changed by its use
+        assert ce.vjp(half, [z, y], v, [True, False])[0].tobytes() == want_g.tobytes()
+    # changed in place after the value: a permuted row keeps its loss, not its gradient
+    ce.value(z, y)
+    z[3] = z[3, ::-1].copy()
+    z[2, 1] += 1.0
+    got = ce.vjp(half, [z, y], v, [True, False])[0]
+    assert got.tobytes() == fresh(z.copy(), y)[1].tobytes()
+    assert not np.array_equal(got, want_g)
+    # the same array and bytes under another shape: worked out for that shape
+    w = RNG.standard_normal((c, 6)).astype(np.float32)
+    ce.value(w, RNG.integers(0, 6, c))
+    w.shape = (6, c)
+    got = ce.vjp(half, [w, y], v, [True, False])[0]
+    assert got.tobytes() == fresh(w.copy(), y)[1].tobytes()

@@ -235,6 +235,10 @@ def _picks(labels: Any, n: int, c: int) -> np.ndarray:
 #: up to this many classes cross_entropy works on the (classes, batch) transpose
 _FEW_CLASSES = 64
 
+#: logits of up to this many elements: cross_entropy's value keeps its softmax terms
+#: (and a copy of the logits' bytes to check them by) for the reverse rule
+_KEEP = 1 << 16
+
 
 def _by_class(z: np.ndarray):
     """(zc, axis): the logits laid out for reductions over the classes, and the class
@@ -256,6 +260,10 @@ class CrossEntropy(Primitive):
     #: (labels, n, c, positions) of the last value call: its reverse rule (which a
     #: replay calls with the same labels object) reuses the checked positions
     _last: Any = None
+    #: (z, shape, dtype, bytes of z, axis, e, s) of the last value call for logits of
+    #: up to _KEEP elements: its reverse rule reuses e = exp(zc - max) and s = sum(e)
+    #: when it gets the same array with the same bytes (bitwise the same work)
+    _soft: Any = None
 
     def value(self, logits, labels):
         z = _float(logits)
@@ -267,7 +275,10 @@ class CrossEntropy(Primitive):
         m = np.maximum.reduce(zc, axis=ax)
         e = np.subtract(zc, m if ax == 0 else m[:, None])
         np.exp(e, out=e)
-        loss = np.log(np.add.reduce(e, axis=ax))
+        s = np.add.reduce(e, axis=ax)
+        if z.size <= _KEEP:
+            self._soft = (z, z.shape, z.dtype, z.tobytes(), ax, e, s)
+        loss = np.log(s)
         loss += m
         picked = z.reshape(-1).take(at)
         loss -= picked
@@ -303,21 +314,25 @@ class CrossEntropy(Primitive):
             at = last[3]                  # the positions value checked for these labels
         else:
             at = _picks(labels, n, c)
-        zc, ax = _by_class(z)
         # g * (softmax(z) - onehot(y)) / n, the scale folded into the normalization
-        m = np.maximum.reduce(zc, axis=ax)
-        e = np.subtract(zc, m if ax == 0 else m[:, None])
-        np.exp(e, out=e)
+        soft = self._soft
+        if (soft is not None and soft[0] is z and soft[1] == z.shape and soft[2] == z.dtype
+                and soft[3] == z.tobytes()):
+            ax, e, s = soft[4], soft[5], soft[6]     # value's, for these very logits
+        else:
+            zc, ax = _by_class(z)
+            m = np.maximum.reduce(zc, axis=ax)
+            e = np.subtract(zc, m if ax == 0 else m[:, None])
+            np.exp(e, out=e)
+            s = np.add.reduce(e, axis=ax)
         scale = np.asarray(g, dtype=e.dtype) * e.dtype.type(1.0 / n)
-        s = np.add.reduce(e, axis=ax)
-        np.divide(scale, s, out=s)
+        s = np.divide(scale, s)                     # new arrays: e and s may be kept ones
         if ax == 0:
             # the product written in the logits' own (C) layout: the tape keeps it
             # as the adjoint without a copy
             gz = np.multiply(e.T, s[:, None], order="C")
         else:
-            gz = e
-            gz *= s[:, None]
+            gz = np.multiply(e, s[:, None])
         # the positions count in C order (e has the layout of z, which may be another)
         (gz.reshape(-1) if gz.flags.c_contiguous else gz.flat)[at] -= scale
         return (gz, None)
