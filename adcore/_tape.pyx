@@ -851,8 +851,8 @@ cdef class Tape:
         """a op b (b op a when reflected) for the common operands: b a number, or
         an array of this tape with a's shape and dtype; the same record as
         _apply_array without its general broadcasting.  None: not such operands."""
-        cdef EwArg e[2]
-        cdef EwArgF ef[2]
+        cdef EwArg e[3]         # the kernels read all three operand records
+        cdef EwArgF ef[3]
         cdef int ia = 1 if reflected else 0
         cdef Py_ssize_t n
         cdef float* pf
