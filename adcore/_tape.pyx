@@ -851,63 +851,21 @@ cdef class Tape:
         """a op b (b op a when reflected) for the common operands: b a number, or
         an array of this tape with a's shape and dtype; the same record as
         _apply_array without its general broadcasting.  None: not such operands."""
-        cdef EwArg e[3]         # the kernels read all three operand records
-        cdef EwArgF ef[3]
-        cdef int ia = 1 if reflected else 0
-        cdef Py_ssize_t n
-        cdef float* pf
-        cdef double* pd
-        cdef bint f32 = a.dtype is _f32
-        if RULE_ARITY[op] != 2 or not (f32 or a.dtype is _f64):
+        if RULE_ARITY[op] != 2 or not (a.dtype is _f32 or a.dtype is _f64):
             return None
-        x = self.avals[a.slot]
         if type(b) is TapeArray:
             if (<TapeArray>b).shape != a.shape or (<TapeArray>b).dtype is not a.dtype:
                 return None
-            y = self.avals[(<TapeArray>b).slot]
             rb = ("a", (<TapeArray>b).slot)
         else:
-            y = None
             rb = ("c", float(b))
         ra = ("a", a.slot)
+        refs = (rb, ra) if reflected else (ra, rb)
         out = _np_empty(a.shape, a.dtype)
-        n = out.size
-        if n:
-            # operand ia is a; the other is y (an array) or the constant
-            if f32:
-                memset(ef, 0, sizeof(ef))
-                ef[ia].p = <const float*>_ptr(x)
-                ef[ia].st = 1
-                if y is None:
-                    ef[1 - ia].c = rb[1]
-                else:
-                    ef[1 - ia].p = <const float*>_ptr(y)
-                    ef[1 - ia].st = 1
-                pf = <float*>_ptr(out)
-                if n >= NOGIL_MIN_ELEMENTS:
-                    with nogil:
-                        ew_value_f32(op, ef, pf, n)
-                else:
-                    ew_value_f32(op, ef, pf, n)
-            else:
-                memset(e, 0, sizeof(e))
-                e[ia].p = <const double*>_ptr(x)
-                e[ia].st = 1
-                if y is None:
-                    e[1 - ia].c = rb[1]
-                    e[1 - ia].p = &e[1 - ia].c
-                else:
-                    e[1 - ia].p = <const double*>_ptr(y)
-                    e[1 - ia].st = 1
-                pd = <double*>_ptr(out)
-                if n >= NOGIL_MIN_ELEMENTS:
-                    with nogil:
-                        ew_value(op, e, pd, n)
-                else:
-                    ew_value(op, e, pd, n)
+        self._ew_run(op, refs, out, self.val, self.avals)
         out.setflags(False)
-        return self._array(("ew", op, (rb, ra) if reflected else (ra, rb), a.shape,
-                            _F32_STR if f32 else _F64_STR), out, False)
+        return self._array(("ew", op, refs, a.shape,
+                            _F32_STR if a.dtype is _f32 else _F64_STR), out, False)
 
     cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
                       Py_ssize_t n) except -1:
