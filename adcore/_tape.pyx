@@ -51,6 +51,7 @@ MAX_SLOTS = 2147483000
 # back costs more than the loop (other threads lose little)
 cdef enum:
     NOGIL_MIN_SCALARS = 256
+    NOGIL_MIN_COPY = 4096         # slots: a replay's copy or zeroing of them releases the GIL
     NOGIL_MIN_ELEMENTS = 4096
 
 cdef struct Instr:
@@ -765,6 +766,17 @@ cdef class Tape:
                 raise TypeError(f"{RULE_NAMES[op]}: unsupported operand of type "
                                 f"{type(a).__name__}")
         if is_array:
+            if ar == 2:
+                # the common operands first (through dispatch: numpy's ufuncs, nested duals)
+                a, b = args[0], args[1]
+                r = None
+                if type(a) is TapeArray and (type(b) is float or type(b) is int
+                                             or type(b) is TapeArray):
+                    r = self._binary(op, a, b, False)
+                elif type(b) is TapeArray and (type(a) is float or type(a) is int):
+                    r = self._binary(op, b, a, True)
+                if r is not None:
+                    return r
             return self._apply_array(op, args)
         return self._apply_scalar(op, args)
 
@@ -1891,6 +1903,7 @@ cdef class Tape:
         cdef Replay rp = None
         cdef double* w = self.val
         cdef const unsigned char* plead = NULL
+        cdef size_t nb
         lead = None
         if wrt is not None:
             lead = self._lead_to(wrt if type(wrt) is frozenset else frozenset(wrt))
@@ -1907,7 +1920,12 @@ cdef class Tape:
         if abufs is not None and rp.adjs is not None:
             # a pooled workspace: its adjoints of the previous sweep are overwritten
             out = <Adjoints>rp.adjs
-            memset(out.adj, 0, (self.n if self.n else 1) * sizeof(double))
+            nb = (self.n if self.n else 1) * sizeof(double)
+            if self.n >= NOGIL_MIN_COPY:
+                with nogil:         # other threads run Python meanwhile (issue 7)
+                    memset(out.adj, 0, nb)
+            else:
+                memset(out.adj, 0, nb)
             out.aadj = {}
         else:
             out = Adjoints.__new__(Adjoints)
@@ -2463,8 +2481,13 @@ cdef class Tape:
             self.pool.append(rp)
 
     cdef int _fill_replay(self, Replay rp, values, bint fused=False) except -1:
-        memcpy(rp.w, self.val, self.n * sizeof(double))
         cdef Py_ssize_t si
+        cdef size_t nb = self.n * sizeof(double)
+        if self.n >= NOGIL_MIN_COPY:
+            with nogil:             # other threads run Python meanwhile (issue 7)
+                memcpy(rp.w, self.val, nb)
+        else:
+            memcpy(rp.w, self.val, nb)
         for (slot, shape, dt), v in zip(self.in_leaves, values):
             si = slot
             # in_leaves is a public attribute: never trust it with a C index
