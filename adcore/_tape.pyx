@@ -323,8 +323,10 @@ cdef enum:
 cdef void _slice_into(void* ga, const void* g, bint f32, Py_ssize_t a, Py_ssize_t b,
                       Py_ssize_t n, bint fresh) noexcept:
     """A slice's cotangent g (elements a..b-1 of x, flat) into x's adjoint ga of n
-    elements: written (the rest zeroed) when fresh, else added, the rest + 0.0 as
-    the vjp's zeros would add (-0.0 becomes 0.0)."""
+    elements when fresh: written, the rest zeroed.  Else only the rest gets + 0.0,
+    as the vjp's zeros would add (-0.0 becomes 0.0); the caller adds g with numpy,
+    whose operand order decides which NaN survives NaN + NaN (a C loop's order is
+    the compiler's)."""
     cdef Py_ssize_t i
     cdef double* d = <double*>ga
     cdef float* f = <float*>ga
@@ -336,15 +338,11 @@ cdef void _slice_into(void* ga, const void* g, bint f32, Py_ssize_t a, Py_ssize_
     elif f32:
         for i in range(a):
             f[i] = f[i] + 0.0
-        for i in range(a, b):
-            f[i] = f[i] + (<const float*>g)[i - a]
         for i in range(b, n):
             f[i] = f[i] + 0.0
     else:
         for i in range(a):
             d[i] = d[i] + 0.0
-        for i in range(a, b):
-            d[i] = d[i] + (<const double*>g)[i - a]
         for i in range(b, n):
             d[i] = d[i] + 0.0
 
@@ -1785,6 +1783,8 @@ cdef class Tape:
         if 0 < x.size < SLICE_C_MAX and (x.dtype is _f64 or x.dtype is _f32):
             # small: in C (the numpy calls below cost ~10x the arithmetic)
             row = x.size // x.shape[0]      # shape[0] > 0: size > 0
+            if not fresh and stop > start:
+                ga[start:stop] += g
             _slice_into(_ptr(ga), _ptr(g) if stop > start else NULL, x.dtype is _f32,
                         start * row, stop * row, x.size, fresh)
         elif fresh:
