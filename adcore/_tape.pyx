@@ -125,6 +125,37 @@ def rows_scaled(object g, object m):
         PyBuffer_Release(&gb)
 
 
+def labels_intp(object y, Py_ssize_t classes):
+    """Class labels handed over as floats (a tape's inputs are floats) as an intp
+    array, in one pass: y a 1-d C-contiguous float64 array whose every element is
+    an exact integer in [0, classes).  None for anything else (the caller's
+    checks then name the problem)."""
+    if (type(y) is not _ndarray or y.dtype is not _f64 or y.ndim != 1
+            or not y.flags.c_contiguous):
+        return None
+    cdef Py_ssize_t n = y.shape[0], i, t
+    out = _np_empty(n, np.intp)
+    if n == 0:
+        return out
+    cdef const double* py = <const double*>_ptr(y)
+    cdef Py_ssize_t* po = <Py_ssize_t*>_ptr(out)
+    cdef double v, c = <double>classes
+    cdef bint ok = True
+    with nogil:
+        for i in range(n):
+            v = py[i]
+            # NaN fails both comparisons; within [0, classes) the cast is defined
+            if not (v >= 0.0 and v < c):
+                ok = False
+                break
+            t = <Py_ssize_t>v
+            if <double>t != v:
+                ok = False
+                break
+            po[i] = t
+    return out if ok else None
+
+
 cdef uint64_t _exp_or(const uint64_t* x, Py_ssize_t n) noexcept nogil:
     """OR over x[i] & exponent, plus 2^52: bit 63 is set iff some x[i] is inf/nan."""
     cdef uint64_t acc = 0
@@ -1094,7 +1125,7 @@ cdef class Tape:
                     xs.append(ref)
             out = prim.value(*xs, **plan[0])
             if plan[2] is None:
-                if np.ndim(out) != 0:
+                if not (type(out) is float or isinstance(out, np.generic)) and np.ndim(out) != 0:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
                                              f"shape {np.shape(out)} on replay, a scalar when recorded")
                 w[s] = float(out)

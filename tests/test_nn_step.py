@@ -545,3 +545,47 @@ def test_cross_entropy_reverse_rule_reuses_the_softmax_only_for_the_same_logits(
     w.shape = (6, c)
     got = ce.vjp(half, [w, y], v, [True, False])[0]
     assert got.tobytes() == fresh(w.copy(), y)[1].tobytes()
+
+
+def test_labels_intp_checks_every_element():
+    """The one-pass C check of float labels: exact integers in [0, classes) become
+    intp; anything else gives None, and cross_entropy's own checks name it."""
+    from adcore._tape import labels_intp
+    got = labels_intp(np.array([0.0, -0.0, 2.0, 1.0]), 3)
+    assert got.dtype == np.intp
+    np.testing.assert_array_equal(got, [0, 0, 2, 1])
+    assert labels_intp(np.zeros(0), 3).shape == (0,)
+    for bad in ([0.0, 3.0], [0.0, -1.0], [0.5], [np.nan], [np.inf], [-np.inf],
+                [2.0 ** 63], [1e300]):
+        assert labels_intp(np.array(bad), 3) is None, bad
+    # not a 1-d C-contiguous float64 array: left to the general checks
+    assert labels_intp(np.array([0.0, 1.0], np.float32), 3) is None
+    assert labels_intp(np.array([0, 1]), 3) is None
+    assert labels_intp(np.array([0.0, 1.0, 2.0, 1.0])[::2], 3) is None
+    assert labels_intp(np.array([[0.0, 1.0]]), 3) is None
+    assert labels_intp([0.0, 1.0], 3) is None
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 255, 256, 1000])
+def test_float32_relu_replay_is_bitwise_the_float64_rule(n):
+    """relu's float32 kernels work in float (vectorized): the same bits as the rule
+    through double, signed zeros, NaN and zero cotangents included."""
+    x = RNG.standard_normal(n).astype(np.float32)
+    x[: min(n, 6)] = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45], np.float32)[: min(n, 6)]
+    w = RNG.standard_normal(n).astype(np.float32)
+    w[n // 2] = 0.0
+    if n > 2:
+        w[n // 3] = -0.0
+
+    def f(x, w):
+        return adcore.sum(adcore.relu(x) * w)
+
+    tape = adcore.record(f, x, w)
+    y = tape(x, w)
+    gx, gw = tape.gradient(x, w)
+    rx = np.where(x > 0, x, np.where(x <= 0, np.float32(0.0), x))
+    np.testing.assert_array_equal(gw.view(np.uint32), rx.view(np.uint32))
+    want_gx = np.where((x > 0) & (w != 0), w, np.float32(0.0)).astype(np.float32)
+    np.testing.assert_array_equal(gx.view(np.uint32), want_gx.view(np.uint32))
+    with np.errstate(invalid="ignore"):          # inf * 0 in the check
+        assert np.isnan(y) == np.isnan(np.sum(rx * w))

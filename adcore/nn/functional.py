@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _dual
+from .._tape import labels_intp
 from ..array_ops import single_axis as _axis
 from ..array_ops import (_broadcast_to, _concatenate, _getitem, _matmul, _mean, _primal,
                          _reshape, _shape, _sum, _transpose, cotangent, sum_to_shape)
@@ -168,14 +169,11 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
         raise ValueError(f"cross_entropy: labels must have shape ({n},) to match the "
                          f"logits, got {y.shape}")
     kind = y.dtype.kind
-    if y.dtype == _F64 and n:
-        # a tape hands integer labels back as float64: the bits of a float in [+0, c)
-        # read as uint64 lie below those of c (negatives, inf and NaN above), so one
-        # reduction checks the range and the cast below cannot meet NaN or inf
-        if np.maximum.reduce(y.view(np.uint64)) < _float_bits(classes):
-            yi = y.astype(np.intp)
-            if not np.count_nonzero(yi != y):
-                return yi
+    if kind == "f":
+        # a tape hands integer labels back as float64: checked and cast in one C pass
+        yi = labels_intp(y, classes)
+        if yi is not None:
+            return yi
         # else the checks below name the problem
     if kind != "i" and kind != "u":
         # a tape may hand integer labels back as floats: accept exact integers only
@@ -192,20 +190,6 @@ def _labels(labels: Any, n: int, classes: int) -> np.ndarray:
         raise ValueError(f"cross_entropy: labels must lie in 0..{classes - 1}, got "
                          f"values from {y.min()} to {y.max()}")
     return y
-
-
-_F64 = np.dtype(np.float64)
-_BITS: dict = {}
-
-
-def _float_bits(c: int) -> int:
-    """The IEEE bits of float(c) as an unsigned integer (cached per class count)."""
-    b = _BITS.get(c)
-    if b is None:
-        b = int(np.array(float(c)).view(np.uint64))
-        if len(_BITS) < 256:
-            _BITS[c] = b
-    return b
 
 
 def _check_logits(logits: np.ndarray) -> None:
