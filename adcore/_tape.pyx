@@ -1123,7 +1123,8 @@ cdef class Tape:
                     xs.append(w[<Py_ssize_t>ref])
                 else:
                     xs.append(ref)
-            out = prim.value(*xs, **plan[0])
+            # no keywords: no copy of an empty dict per call
+            out = prim.value(*xs, **plan[0]) if plan[0] else prim.value(*xs)
             if plan[2] is None:
                 if not (type(out) is float or isinstance(out, np.generic)) and np.ndim(out) != 0:
                     raise BranchChangedError(f"primitive {prim.name} (instruction {s}) gave "
@@ -1739,8 +1740,8 @@ cdef class Tape:
             needs = [diff[k] and self._needs(refs[k][1], lead) for k in range(len(refs))]
             if not any(needs):
                 return 0
-            if (not self.nofuse and type(prim) is _ops().GetItem and refs[0][0] == "a"
-                    and not (self.ins[s].flags & F_SCALAR)
+            if (not self.nofuse and refs[0][0] == "a" and not (self.ins[s].flags & F_SCALAR)
+                    and type(prim) is _ops().GetItem
                     and self._slice_reverse(refs[0][1], g, plan[0], wa, aadj, abufs)):
                 return 0
             xs = []
@@ -1752,7 +1753,8 @@ cdef class Tape:
                 else:
                     xs.append(ref)
             out = w[s] if self.ins[s].flags & F_SCALAR else wa[s]
-            cts = prim.vjp(g, xs, out, needs, **plan[0])
+            cts = (prim.vjp(g, xs, out, needs, **plan[0]) if plan[0]
+                   else prim.vjp(g, xs, out, needs))
             if len(cts) != len(refs):
                 raise ValueError(f"primitive {prim.name}: vjp returned {len(cts)} cotangents "
                                  f"for {len(refs)} inputs")
@@ -1771,8 +1773,7 @@ cdef class Tape:
                                          f"shape {ct.shape} for an input of shape "
                                          f"{v.shape}")
                     if (type(ct) is _ndarray and ct.base is None and ct.dtype is v.dtype
-                            and ct.flags.owndata and ct.flags.writeable
-                            and ct.flags.c_contiguous and ref not in aadj
+                            and ref not in aadj and _own_writable_c(ct)
                             and _fresh_of(ct, g, xs, cts, k)):
                         # an array the rule made for us: it becomes the adjoint (no copy)
                         aadj[ref] = ct
@@ -2684,6 +2685,12 @@ cdef bint _fresh_of(object ct, object g, list xs, object cts, Py_ssize_t k):
 
 
 cdef object _reverse_mod = None
+cdef inline bint _own_writable_c(object a):
+    """a (an ndarray) owns its data, is writable and C-contiguous (one flags object)."""
+    fl = a.flags
+    return fl.owndata and fl.writeable and fl.c_contiguous
+
+
 cdef object _ops_mod = None
 
 
