@@ -125,11 +125,12 @@ def rows_scaled(object g, object m):
         PyBuffer_Release(&gb)
 
 
-def labels_intp(object y, Py_ssize_t classes):
+def labels_intp(object y, Py_ssize_t classes, Py_ssize_t row=0):
     """Class labels handed over as floats (a tape's inputs are floats) as an intp
     array, in one pass: y a 1-d C-contiguous float64 array whose every element is
-    an exact integer in [0, classes).  None for anything else (the caller's
-    checks then name the problem)."""
+    an exact integer in [0, classes); with ``row``, element i is i * row + y[i]
+    (the labelled entries' positions in C-order (n, row) logits).  None for
+    anything else (the caller's checks then name the problem)."""
     if (type(y) is not _ndarray or y.dtype is not _f64 or y.ndim != 1
             or not y.flags.c_contiguous):
         return None
@@ -152,7 +153,7 @@ def labels_intp(object y, Py_ssize_t classes):
             if <double>t != v:
                 ok = False
                 break
-            po[i] = t
+            po[i] = i * row + t
     return out if ok else None
 
 

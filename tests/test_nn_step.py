@@ -555,6 +555,9 @@ def test_labels_intp_checks_every_element():
     assert got.dtype == np.intp
     np.testing.assert_array_equal(got, [0, 0, 2, 1])
     assert labels_intp(np.zeros(0), 3).shape == (0,)
+    # with row: the labelled entries' C-order positions in (n, row) logits
+    np.testing.assert_array_equal(labels_intp(np.array([0.0, 2.0, 1.0]), 3, 3), [0, 5, 7])
+    assert labels_intp(np.array([0.0, 3.0]), 3, 3) is None
     for bad in ([0.0, 3.0], [0.0, -1.0], [0.5], [np.nan], [np.inf], [-np.inf],
                 [2.0 ** 63], [1e300]):
         assert labels_intp(np.array(bad), 3) is None, bad

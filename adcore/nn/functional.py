@@ -206,6 +206,10 @@ _STARTS: dict = {}
 def _picks(labels: Any, n: int, c: int) -> np.ndarray:
     """The flat (C order) positions in (n, c) logits of each row's labelled entry,
     labels checked; the row starts i * c are cached per shape."""
+    if type(labels) is np.ndarray and labels.shape == (n,):
+        at = labels_intp(labels, c, c)      # a replay's float64 labels: one C pass
+        if at is not None:
+            return at
     y = _labels(labels, n, c)
     starts = _STARTS.get((n, c))
     if starts is None:
