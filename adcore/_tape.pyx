@@ -18,7 +18,7 @@ from cpython.exc cimport PyErr_NoMemory
 from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
-from libc.math cimport isnan, isfinite
+from libc.math cimport isnan, isfinite, fabs
 
 import threading
 

@@ -414,3 +414,41 @@ def test_groups_among_other_instructions(seed):
             if n <= 300:        # the Jacobian path replays every slot, unfused
                 jf, jp = _both(tape, lambda t: t.jacobian(x2, b2))
                 assert _same(jf[0], jp[0])
+
+
+_SPECIAL_G = [0.0, -0.0, 1.0, -2.0, np.inf, -np.inf, np.nan, 1e-310, -1e-310, 1e300, 3.5]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("c", [3.0, -2.5, 1.0, 0.5, -1e-300, 1e300])
+@pytest.mark.parametrize("form", ["x+c", "c+x", "x-c", "c-x", "x*c", "c*x", "x/c", "-x",
+                                  "x+y", "x-y", "y-x"])
+def test_constant_partials_keep_the_select_bits(dtype, c, form):
+    """A reverse rule whose partial is a constant (add, sub, neg, mul or div by a
+    scalar) adds g * t + 0.0 where |t| >= 1 and the select 0 if g == 0 else g * t
+    elsewhere: the same bits either way, signed zeros, inf, NaN and subnormal
+    cotangents included (each element is one cotangent of the sum's weights)."""
+    n = 3 * len(_SPECIAL_G)
+    with np.errstate(over="ignore"):             # 1e300 is inf in float32
+        wv = np.array(_SPECIAL_G * 3, dtype)
+        cc = dtype(c)
+    x = np.linspace(-2.0, 2.0, n).astype(dtype)
+    y = np.linspace(1.0, 3.0, n).astype(dtype)
+    ops = {"x+c": lambda x, y: x + cc, "c+x": lambda x, y: cc + x, "x-c": lambda x, y: x - cc,
+           "c-x": lambda x, y: cc - x, "x*c": lambda x, y: x * cc, "c*x": lambda x, y: cc * x,
+           "x/c": lambda x, y: x / cc, "-x": lambda x, y: -x, "x+y": lambda x, y: x + y,
+           "x-y": lambda x, y: x - y, "y-x": lambda x, y: y - x}
+    cf = float(cc)              # the constant as recorded (float32: rounded, maybe 0 or inf)
+    with np.errstate(all="ignore"):
+        t = {"x+c": 1.0, "c+x": 1.0, "x-c": 1.0, "c-x": -1.0, "x*c": cf, "c*x": cf,
+             "x/c": np.float64(1.0) / cf, "-x": -1.0, "x+y": 1.0, "x-y": 1.0, "y-x": -1.0}[form]
+    tape = adcore.record(lambda x, y, w: adcore.sum(ops[form](x, y) * w), x, y, wv)
+    for fused in (True, False):
+        tape._fusion = fused
+        with np.errstate(all="ignore"):
+            gx = tape.gradient(x, y, wv)[0]
+            g = np.where(wv == 0, 0.0, wv.astype(np.float64))     # the cotangent reaching op
+            want = np.zeros(n, dtype) + np.where((g == 0) | (t == 0), 0.0, g * t).astype(dtype)
+        assert gx.dtype == dtype
+        np.testing.assert_array_equal(gx.view(np.uint32 if dtype == np.float32 else np.uint64),
+                                      want.view(np.uint32 if dtype == np.float32 else np.uint64))
