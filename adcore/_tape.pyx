@@ -379,6 +379,34 @@ cdef void _slice_into(void* ga, const void* g, bint f32, Py_ssize_t a, Py_ssize_
             d[i] = d[i] + 0.0
 
 
+cdef Py_ssize_t _scalar_gradient(const Instr* ins, const double* rec, double* w,
+                                  double* adj, Py_ssize_t n, const Py_ssize_t* slots,
+                                  const double* xs, Py_ssize_t ni, Py_ssize_t seed,
+                                  const Py_ssize_t* prev, Py_ssize_t nprev) noexcept nogil:
+    """A scalar tape's replay at inputs xs (into slots) and its reverse sweep from
+    seed: what _fill_replay, _forward and backward do for such a tape.  w starts
+    as the recorded values: copied, or (prev not NULL) w holds them but for the
+    nprev input slots prev an earlier call wrote, which get theirs back (the
+    replay writes every slot but the inputs and constants).  Returns the first
+    slot whose checked value differs from the recording (nothing is swept then),
+    or -1."""
+    cdef Py_ssize_t i, bad
+    if prev == NULL:
+        memcpy(w, rec, n * sizeof(double))
+    else:
+        for i in range(nprev):
+            w[prev[i]] = rec[prev[i]]
+    for i in range(ni):
+        w[slots[i]] = xs[i]
+    bad = forward_scalars(ins, rec, w, 0, n)
+    if bad >= 0:
+        return bad
+    memset(adj, 0, n * sizeof(double))
+    adj[seed] += 1.0
+    reverse_scalars(ins, w, adj, 0, n)
+    return -1
+
+
 cdef void* _ptr(object arr) except NULL:
     """The data pointer of a C-contiguous array (the caller keeps arr alive)."""
     cdef Py_buffer view
@@ -2513,9 +2541,84 @@ cdef class Tape:
             rp.tape = None           # a pooled workspace must not keep its tape alive
             self.pool.append(rp)
 
+    def _scalar_gradient_pooled(self, values, Py_ssize_t seed):
+        """For a tape of scalars only (no array instruction, every input a float):
+        replay at ``values`` and sweep back from the scalar slot ``seed`` with the
+        GIL let go once (threads replaying hand it over once per call, not at the
+        copy, the replay, the zeroing and the sweep).  Returns (workspace,
+        Adjoints): the caller reads the adjoints, then gives the workspace back
+        with _release.  None when the tape or the values do not qualify (the
+        caller takes the general path, which names any error)."""
+        if (self.recording or self.in_leaves is None or self.array_slots
+                or len(values) != len(self.in_leaves) or seed < 0 or seed >= self.n):
+            return None
+        cdef Py_ssize_t ni = len(values), i = 0, si, bad, nprev = 0
+        cdef Py_ssize_t n = self.n
+        cdef const Py_ssize_t* pprev = NULL
+        cdef size_t nb = n * sizeof(double)
+        cdef Replay rp
+        cdef Adjoints out
+        cdef Py_ssize_t* slots = <Py_ssize_t*>malloc((ni + 1) * sizeof(Py_ssize_t))
+        cdef double* xs = <double*>malloc((ni + 1) * sizeof(double))
+        try:
+            if slots == NULL or xs == NULL:
+                raise MemoryError()
+            for (slot, shape, dt), v in zip(self.in_leaves, values):
+                si = slot
+                # in_leaves is a public attribute: never trust it with a C index
+                if (type(v) is not float or shape is not None or si < 0 or si >= n
+                        or self.ins[si].op != K_INPUT):
+                    return None
+                slots[i] = si
+                xs[i] = <double>v
+                i += 1
+            try:
+                rp = self.pool.pop()     # atomic: threads never share a workspace
+                rp.tape = self
+            except IndexError:
+                rp = self._new_replay()
+                rp.bufs = {}
+                rp.abufs = {}
+            if rp.adjs is None:
+                out = Adjoints.__new__(Adjoints)
+                out.n = n
+                out.adj = <double*>calloc(n if n else 1, sizeof(double))
+                if out.adj == NULL:
+                    raise MemoryError()
+                out.aadj = {}
+                out.abufs = rp.abufs
+                rp.adjs = out
+            else:
+                out = <Adjoints>rp.adjs
+                if out.aadj:
+                    out.aadj = {}
+            prev = rp.primed
+            if prev is not None:
+                pprev = <const Py_ssize_t*><const char*>(<bytes>prev)
+                nprev = len(<bytes>prev) // sizeof(Py_ssize_t)
+            # before the sweep: a failed one leaves w for a full copy next time
+            rp.primed = None
+            if n >= NOGIL_MIN_SCALARS:
+                with nogil:
+                    bad = _scalar_gradient(self.ins, self.val, rp.w, out.adj, n, slots,
+                                           xs, ni, seed, pprev, nprev)
+            else:
+                bad = _scalar_gradient(self.ins, self.val, rp.w, out.adj, n, slots, xs,
+                                       ni, seed, pprev, nprev)
+            rp.primed = (<char*>slots)[:ni * sizeof(Py_ssize_t)]
+            if bad >= 0:
+                now = rp.w[bad]
+                self._release(rp)
+                self._branch_error(bad, now)
+            return rp, out
+        finally:
+            free(slots)
+            free(xs)
+
     cdef int _fill_replay(self, Replay rp, values, bint fused=False) except -1:
         cdef Py_ssize_t si
         cdef size_t nb = self.n * sizeof(double)
+        rp.primed = None        # the inputs written below are not in its list
         if self.n >= NOGIL_MIN_COPY:
             with nogil:             # other threads run Python meanwhile (issue 7)
                 memcpy(rp.w, self.val, nb)
@@ -2735,6 +2838,10 @@ cdef class Replay:
     cdef dict bufs
     cdef dict abufs
     cdef object adjs
+    # bytes: the input slots a scalar tape's one-call gradient last wrote into w
+    # (None: w not filled by it).  w is the recorded values but for those, so the
+    # next call restores them instead of copying all n
+    cdef object primed
 
     def __dealloc__(self):
         free(self.w)

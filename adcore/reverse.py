@@ -717,8 +717,19 @@ def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
                 nums = lay.argnums[argnums] = _argnums(argnums, len(tape.in_tree.children))
         else:
             nums = _argnums(argnums, len(tape.in_tree.children))
+    values = _replay_inputs(tape, args, lay)
+    out = lay.out
+    if out is not None and out[0] is tape.out_leaves and out[1][0] == "s":
+        # a scalar output checked before: a tape of scalars replays and sweeps
+        # in one C call (None: not such a tape)
+        swept = tape._scalar_gradient_pooled(values, out[1][1])
+        if swept is not None:
+            try:
+                return _gradient_of(tape, args, swept[0], argnums, nums, lay, swept[1])
+            finally:
+                tape._release(swept[0])
     # fused: the outputs and the (fused) reverse sweep read nothing else
-    rp = tape._replay_pooled(_replay_inputs(tape, args, lay), True)
+    rp = tape._replay_pooled(values, True)
     try:
         # hands over: the workspace is reused
         return _gradient_of(tape, args, rp, argnums, nums, lay)
@@ -762,9 +773,11 @@ def _scalar_output(tape: Tape, lay: _Layout):
     return kind, ref
 
 
-def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None) -> Any:
+def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None,
+                 swept=None) -> Any:
     """The gradient for every argument (nums None), or for the arguments nums only
-    (then the sweep skips what leads only to the others)."""
+    (then the sweep skips what leads only to the others).  ``swept``: the
+    adjoints of a sweep from the scalar output that already ran."""
     if lay is None:
         lay = _layout(tape)
     kind, ref = _scalar_output(tape, lay)
@@ -781,6 +794,8 @@ def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None) -> Any
         wrt, entries = sweep
         if kind == "c":
             adj = None
+        elif swept is not None:
+            adj = swept
         else:
             adj = tape.backward({ref: (np.ones(()) if kind == "a" else 1.0)}, _work=rp,
                                 wrt=wrt)
@@ -808,7 +823,9 @@ def _gradient_of(tape: Tape, args, rp, argnums=None, nums=None, lay=None) -> Any
         grads = _grads(rec, None)
     else:
         seed = np.ones(()) if kind == "a" else 1.0
-        grads = _grads(rec, tape.backward({ref: seed}, _work=rp, wrt=wrt), copy=True)
+        if swept is None:
+            swept = tape.backward({ref: seed}, _work=rp, wrt=wrt)
+        grads = _grads(rec, swept, copy=True)
     return _pick(grads, argnums)
 
 

@@ -133,3 +133,88 @@ def test_replaced_tape_attributes_are_noticed():
     with pytest.raises(TypeError, match="recorded with arguments of structure"):
         tape.gradient(x, y)
     _same(tape.gradient((x, y)), (y, x))
+
+
+def _scalar_program(x, y, z):
+    """~400 scalar instructions (more than the GIL threshold) with a recorded branch."""
+    s = x * y
+    for k in range(60):
+        s = adcore.sin(s) * 0.5 + y / (1.5 + z * z) - adcore.exp(-x * x) * k
+    return s * s if x > 0.0 else -s
+
+
+@pytest.mark.parametrize("fn, at", [(_scalar_program, (0.4, -0.7, 1.2)),
+                                    (lambda x, y: x * y + 2.0 * x, (1.5, -2.0)),
+                                    (lambda x, y: x, (1.5, -2.0))])
+def test_scalar_tapes_replay_and_sweep_in_one_call_as_recorded(fn, at):
+    tape = adcore.record(fn, *at)
+    lay = reverse._layout(tape)
+    for k in range(4):
+        pt = tuple(float(v + 0.1 * k * (i + 1)) for i, v in enumerate(at))
+        want = adcore.grad(fn, argnums=tuple(range(len(at))))(*pt)
+        got = tape.gradient(*pt)
+        assert got == want and all(type(g) is float for g in got)
+        assert tape.gradient(*pt, argnums=1) == want[1]
+        assert tape.gradient(*pt, argnums=(1, 0)) == (want[1], want[0])
+        # the one-call path ran: the output was checked on the first call
+        assert lay.out is not None and lay.out[1][0] == "s"
+        swept = tape._scalar_gradient_pooled(list(pt), lay.out[1][1])
+        assert swept is not None
+        tape._release(swept[0])
+
+
+def test_scalar_tape_one_call_path_reports_a_branch_change_and_recovers():
+    tape = adcore.record(_scalar_program, 0.4, -0.7, 1.2)
+    want = adcore.grad(_scalar_program, argnums=(0, 1, 2))(0.5, -0.7, 1.2)
+    assert tape.gradient(0.5, -0.7, 1.2) == want
+    for _ in range(3):
+        with pytest.raises(adcore.BranchChangedError, match="instruction"):
+            tape.gradient(-0.5, -0.7, 1.2)
+        assert tape.gradient(0.5, -0.7, 1.2) == want
+
+
+def test_scalar_tape_one_call_path_declines_what_it_does_not_handle():
+    tape = adcore.record(lambda x, y: x * y, 1.0, 2.0)
+    tape.gradient(1.0, 2.0)
+    ref = reverse._layout(tape).out[1][1]
+    assert tape._scalar_gradient_pooled([1.0, 2.0], ref) is not None
+    assert tape._scalar_gradient_pooled([1.0], ref) is None                 # count
+    assert tape._scalar_gradient_pooled([1.0, np.float64(2.0)], ref) is None  # not a float
+    assert tape._scalar_gradient_pooled([1.0, 2.0], len(tape)) is None       # seed slot
+    assert tape._scalar_gradient_pooled([1.0, 2.0], -1) is None
+    # integers and numpy floats take the general path and give the same gradient
+    assert tape.gradient(3, np.float64(2.0)) == tape.gradient(3.0, 2.0) == (2.0, 3.0)
+    # in_leaves is public: a slot that is not an input is declined, never written
+    leaves = tape.in_leaves
+    tape.in_leaves = [(ref, None, leaves[0][2]), leaves[1]]
+    try:
+        assert tape._scalar_gradient_pooled([1.0, 2.0], ref) is None
+    finally:
+        tape.in_leaves = leaves
+    # a tape with arrays is declined
+    atape = adcore.record(lambda a: adcore.sum(a * a), np.ones(3))
+    atape.gradient(np.ones(3))
+    assert atape._scalar_gradient_pooled([np.ones(3)], 0) is None
+
+
+def test_scalar_tape_one_call_path_starts_each_replay_from_the_recorded_values():
+    # the one-call path restores only the input slots it wrote last time: an input
+    # slot no longer listed in in_leaves must read its recorded value again
+    tape = adcore.record(lambda x, y: x * y + 3.0 * y, 1.0, 2.0)
+    assert tape.gradient(4.0, 5.0) == tape.gradient(4.0, 5.0) == (5.0, 7.0)
+    leaves = tape.in_leaves
+    ref = reverse._layout(tape).out[1][1]
+    rp, adj = tape._scalar_gradient_pooled([4.0, 5.0], ref)     # writes both slots
+    tape._release(rp)
+    tape.in_leaves = [leaves[0], leaves[0]]       # slot of y no longer written
+    try:
+        rp, adj = tape._scalar_gradient_pooled([6.0, 7.0], ref)
+        tape._release(rp)
+        assert adj[leaves[0][0]] == 2.0           # d/dx = y, the recorded y
+        for _ in range(3):
+            got = tape.gradient(6.0, 7.0)         # x = 7.0 (written last), y as recorded
+            general = tape.gradient(6, 7)         # integers: the general path
+            assert got == general == (2.0, 2.0)
+    finally:
+        tape.in_leaves = leaves
+    assert tape.gradient(4.0, 5.0) == (5.0, 7.0)
