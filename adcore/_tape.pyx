@@ -2525,6 +2525,13 @@ cdef class Tape:
             raise TypeError(f"the tape takes {len(self.in_leaves)} input leaves, "
                             f"got {len(values)}")
         cdef Replay rp
+        rp = self._pooled()
+        self._fill_replay(rp, values, fused)
+        return rp
+
+    cdef Replay _pooled(self):
+        """An idle workspace of this tape (taken from the pool, or a new one)."""
+        cdef Replay rp
         try:
             rp = self.pool.pop()     # atomic: threads never share a workspace
             rp.tape = self
@@ -2532,7 +2539,6 @@ cdef class Tape:
             rp = self._new_replay()
             rp.bufs = {}
             rp.abufs = {}
-        self._fill_replay(rp, values, fused)
         return rp
 
     def _release(self, Replay rp):
@@ -2572,13 +2578,7 @@ cdef class Tape:
                 slots[i] = si
                 xs[i] = <double>v
                 i += 1
-            try:
-                rp = self.pool.pop()     # atomic: threads never share a workspace
-                rp.tape = self
-            except IndexError:
-                rp = self._new_replay()
-                rp.bufs = {}
-                rp.abufs = {}
+            rp = self._pooled()
             if rp.adjs is None:
                 out = Adjoints.__new__(Adjoints)
                 out.n = n
