@@ -2561,7 +2561,6 @@ cdef class Tape:
         cdef Py_ssize_t ni = len(values), i = 0, si, bad, nprev = 0
         cdef Py_ssize_t n = self.n
         cdef const Py_ssize_t* pprev = NULL
-        cdef size_t nb = n * sizeof(double)
         cdef Replay rp
         cdef Adjoints out
         cdef Py_ssize_t* slots = <Py_ssize_t*>malloc((ni + 1) * sizeof(Py_ssize_t))
@@ -2596,8 +2595,6 @@ cdef class Tape:
             if prev is not None:
                 pprev = <const Py_ssize_t*><const char*>(<bytes>prev)
                 nprev = len(<bytes>prev) // sizeof(Py_ssize_t)
-            # before the sweep: a failed one leaves w for a full copy next time
-            rp.primed = None
             if n >= NOGIL_MIN_SCALARS:
                 with nogil:
                     bad = _scalar_gradient(self.ins, self.val, rp.w, out.adj, n, slots,
@@ -2605,6 +2602,8 @@ cdef class Tape:
             else:
                 bad = _scalar_gradient(self.ins, self.val, rp.w, out.adj, n, slots, xs,
                                        ni, seed, pprev, nprev)
+            # w is the recorded values but for these inputs (and the computed
+            # slots, which every replay writes again), also after a branch change
             rp.primed = (<char*>slots)[:ni * sizeof(Py_ssize_t)]
             if bad >= 0:
                 now = rp.w[bad]
