@@ -407,6 +407,17 @@ cdef Py_ssize_t _scalar_gradient(const Instr* ins, const double* rec, double* w,
     return -1
 
 
+cdef Adjoints _new_adjoints(Py_ssize_t n):
+    """Zeroed adjoints for a tape of n slots (no array adjoints yet)."""
+    cdef Adjoints out = Adjoints.__new__(Adjoints)
+    out.n = n
+    out.adj = <double*>calloc(n if n else 1, sizeof(double))
+    if out.adj == NULL:
+        raise MemoryError()
+    out.aadj = {}
+    return out
+
+
 cdef void* _ptr(object arr) except NULL:
     """The data pointer of a C-contiguous array (the caller keeps arr alive)."""
     cdef Py_buffer view
@@ -1989,12 +2000,7 @@ cdef class Tape:
                 memset(out.adj, 0, nb)
             out.aadj = {}
         else:
-            out = Adjoints.__new__(Adjoints)
-            out.n = self.n
-            out.adj = <double*>calloc(self.n if self.n else 1, sizeof(double))
-            if out.adj == NULL:
-                raise MemoryError()
-            out.aadj = {}
+            out = _new_adjoints(self.n)
             if abufs is not None:
                 rp.adjs = out
         out.abufs = abufs
@@ -2579,12 +2585,7 @@ cdef class Tape:
                 i += 1
             rp = self._pooled()
             if rp.adjs is None:
-                out = Adjoints.__new__(Adjoints)
-                out.n = n
-                out.adj = <double*>calloc(n if n else 1, sizeof(double))
-                if out.adj == NULL:
-                    raise MemoryError()
-                out.aadj = {}
+                out = _new_adjoints(n)
                 out.abufs = rp.abufs
                 rp.adjs = out
             else:

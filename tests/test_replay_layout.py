@@ -177,7 +177,9 @@ def test_scalar_tape_one_call_path_declines_what_it_does_not_handle():
     tape = adcore.record(lambda x, y: x * y, 1.0, 2.0)
     tape.gradient(1.0, 2.0)
     ref = reverse._layout(tape).out[1][1]
-    assert tape._scalar_gradient_pooled([1.0, 2.0], ref) is not None
+    swept = tape._scalar_gradient_pooled([1.0, 2.0], ref)
+    assert swept is not None
+    tape._release(swept[0])
     assert tape._scalar_gradient_pooled([1.0], ref) is None                 # count
     assert tape._scalar_gradient_pooled([1.0, np.float64(2.0)], ref) is None  # not a float
     assert tape._scalar_gradient_pooled([1.0, 2.0], len(tape)) is None       # seed slot
