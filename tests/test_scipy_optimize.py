@@ -36,7 +36,10 @@ def _reference(method, **extra):
 def _check(res, ref):
     assert res.success, res.message
     assert ref.success, ref.message
-    assert res.nit <= ref.nit, (res.nit, ref.nit)
+    # BFGS's path over 100 dimensions follows the gradient's last bits (ours sums in
+    # another order than rosen_der) and BLAS's: 545 vs 541 iterations on an AMD EPYC
+    # (Zen 5) machine, fewer than the reference on others.  A few percent is rounding.
+    assert res.nit <= ref.nit + max(10, ref.nit // 20), (res.nit, ref.nit)
     # both at the minimum x = 1 (Newton-CG stops with the looser accuracy of its xtol)
     tol = 0.05 if ref.fun > 1e-8 else 1e-4
     np.testing.assert_allclose(res.x, np.ones(N), atol=tol)
