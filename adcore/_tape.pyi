@@ -11,8 +11,20 @@ __all__: list[str]
 _Path = Union[str, "os.PathLike[str]"]
 
 
+# instruction kinds and flags, and the rule table's arities (for adcore/tapefile.py)
+K_INPUT: int
+K_CONST: int
+K_ARRAY: int
+F_CKX: int
+F_CKY: int
+F_CHECK: int
+F_SCALAR: int
+MAX_SLOTS: int
+RULE_NAMES: Tuple[str, ...]
+RULE_ARITIES: Tuple[int, ...]
+
+
 def current_tape() -> Optional["Tape"]: ...
-def load_tape(path: _Path) -> "Tape": ...
 def labels_intp(y: Any, classes: int, row: int = ...) -> Optional[npt.NDArray[np.intp]]: ...
 def rows_scaled(g: npt.NDArray[np.float64],
                 m: npt.NDArray[np.float64]) -> Optional[npt.NDArray[np.float64]]: ...
@@ -71,6 +83,11 @@ class Tape:
     @staticmethod
     def from_bytes(data: Union[bytes, bytearray, memoryview]) -> "Tape": ...
     def save(self, path: _Path) -> None: ...
+    # raw access for the saved format (adcore/tapefile.py)
+    def _export(self) -> Tuple[npt.NDArray[Any], npt.NDArray[np.float64],
+                               List[Tuple[Any, ...]], Dict[int, npt.NDArray[Any]]]: ...
+    def _import(self, ops: Any, flags: Any, a0: Any, a1: Any, a2: Any, val: Any,
+                aux: Sequence[Tuple[Any, ...]], avals: Dict[int, npt.NDArray[Any]]) -> None: ...
 
 
 class Replay:

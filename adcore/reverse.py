@@ -14,9 +14,10 @@ from typing import Any, Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._tape import Tape, TapeArray, TapeValue, load_tape
+from ._tape import Tape, TapeArray, TapeValue
 from .dispatch import is_active
 from .errors import NestingError, TapeError
+from .tapefile import load_tape
 from .trees import TreeDef, flatten, leaf_paths, unflatten
 
 __all__ = ["grad", "value_and_grad", "vjp", "jacrev", "record", "load_tape", "Tape"]
