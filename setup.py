@@ -36,6 +36,9 @@ extensions = [
 # gcc's: a compiler that warns about it or refuses it builds without it.
 SIZE_CFLAGS = ["-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
                "--param=early-inlining-insns=6"]
+# The AVX-512 clones of the tape's kernels (tools/codegen.py) use 512-bit vectors
+# (gcc's generic tuning keeps to 256); other code has no AVX-512 to widen.
+VECTOR_CFLAGS = ["-mprefer-vector-width=512"]
 
 
 def _accepted(compiler, flag):
@@ -67,7 +70,8 @@ class build_ext(_build_ext):
         if linker:
             self.compiler.linker_so = [a for a in linker if not a.startswith("-Wl,-rpath")]
         if self.compiler.compiler_type == "unix":  # gcc or clang; MSVC is "msvc"
-            flags = [f for f in SIZE_CFLAGS if _accepted(self.compiler, f)]
+            flags = [f for f in SIZE_CFLAGS + VECTOR_CFLAGS
+                     if _accepted(self.compiler, f)]
             for ext in self.extensions:
                 ext.extra_compile_args = list(ext.extra_compile_args or []) + flags
         super().build_extensions()

@@ -1,4 +1,4 @@
-# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math -ffp-contract=off
 # cython: initializedcheck=False
 """Reverse mode: the tape.
 

@@ -136,17 +136,20 @@ def render_all(verbose=False):
     return written
 
 
-# The float64 element-wise kernels of the tape, compiled twice by gcc on x86-64 Linux:
-# for AVX2 (4 doubles per instruction; no FMA, so every result keeps its bits) and
-# the x86-64 baseline, picked once at load by the CPU (an ifunc).  Cython cannot
-# put a C attribute on a function, so it is added to the generated C.  rosen's
-# replayed gradient at n = 10^5: 814 -> 581 us.  The float32 kernels stay single:
-# their AVX2 copies would cost ~200 KB and relu measured no faster.
+# The float64 element-wise kernels of the tape, compiled three times by gcc on x86-64
+# Linux: for AVX-512 (8 doubles per instruction, with setup.py's
+# -mprefer-vector-width=512), for AVX2 (4) and for the x86-64 baseline, picked once
+# at load by the CPU (an ifunc).  No FMA (_tape.pyx is built with -ffp-contract=off;
+# gcc's avx512f target would contract a * b + c), so every clone gives the same bits.
+# Cython cannot put a C attribute on a function, so it is added to the generated C.
+# rosen's replayed gradient at n = 10^5: 814 -> 581 us with AVX2; AVX-512 on an AMD
+# EPYC (Zen 5): ~5% on top.  The float32 kernels stay single: their AVX2 copies
+# would cost ~200 KB and relu measured no faster.
 KERNEL_CLONES = ("ew_value", "ew_reverse")
 _CLONES_MACRO = """
 /* adcore: see tools/codegen.py, KERNEL_CLONES */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define ADCORE_CLONES __attribute__((target_clones("avx2", "default")))
+#define ADCORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ADCORE_CLONES
 #endif

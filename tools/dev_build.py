@@ -11,6 +11,7 @@ PYTHONPATH pointing at the checkout.
 
 import os
 import pathlib
+import platform
 import runpy
 import sys
 import tempfile
@@ -28,7 +29,10 @@ def main(names):
     if not names:
         names = [p.stem for p in sorted((ROOT / "adcore").glob("*.pyx"))]
     os.chdir(ROOT)
-    exts = [Extension(f"adcore.{n}", [f"adcore/{n}.pyx"]) for n in names]
+    # setup.py's VECTOR_CFLAGS (x86-64 only), so that in-place kernels run as the wheel's
+    extra = ["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else []
+    exts = [Extension(f"adcore.{n}", [f"adcore/{n}.pyx"], extra_compile_args=extra)
+            for n in names]
     exts = cythonize(exts, compiler_directives=codegen["COMPILER_DIRECTIVES"])
     if "_tape" in names:
         codegen["add_kernel_clones"](ROOT / "adcore" / "_tape.c")
