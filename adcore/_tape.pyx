@@ -1903,7 +1903,7 @@ cdef class Tape:
         """For the adjoint of a large x[a:b] (getitem, step 1, first axis): a view
         into a new array of x's shape at [a:b], which _slice_reverse adopts as x's
         adjoint when x has none yet, instead of copying the slice's adjoint into a
-        new one (rosen at n = 10^5: that copy was ~6% of the replayed gradient).
+        new one (rosen's replayed gradient at n = 10^5: 314 -> 264 us).
         None for any other slot."""
         cdef Py_ssize_t start, stop
         if self.nofuse or v.size < SLICE_C_MAX or self.ins[slot].op != K_ARRAY:
