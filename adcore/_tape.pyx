@@ -21,6 +21,7 @@ from libc.string cimport memcpy, memset
 from libc.math cimport isnan, isfinite, fabs
 
 import threading
+from bisect import bisect_left
 
 import numpy as np
 
@@ -56,6 +57,23 @@ cdef enum:
     NOGIL_MIN_SCALARS = 256
     NOGIL_MIN_COPY = 4096         # slots: a replay's copy or zeroing of them releases the GIL
     NOGIL_MIN_ELEMENTS = 4096
+    # element-wise results of this many elements and more are computed when first
+    # read (Tape._aval): a run of them read only at its end takes one block loop
+    DEFER_MIN_ELEMENTS = 4096
+    DEFER_CONE_MAX = 32           # a deferred value computes at most this many others
+
+cdef Py_ssize_t defer_min = DEFER_MIN_ELEMENTS
+
+
+def _defer_min(n=None):
+    """Test hook: the size from which element-wise values are deferred (returns the
+    previous one; tests set 1 to defer every one)."""
+    global defer_min
+    old = defer_min
+    if n is not None:
+        defer_min = max(1, int(n))
+    return old
+
 
 cdef struct Instr:
     int16_t op
@@ -601,6 +619,7 @@ cdef class Tape:
     cdef frozenset fuse_sums        # sum slots whose reverse a fused group does
     cdef object fuse_outs           # the out_leaves fuse_at was worked out with
     cdef bint nofuse                # test hook (_fusion): run every instruction unfused
+    cdef set lazy                   # deferred array slots: not in avals (None: none)
 
     def __cinit__(self):
         self.pool = []
@@ -771,6 +790,146 @@ cdef class Tape:
         h.dtype = value.dtype
         return h
 
+    cdef TapeArray _deferred(self, tuple desc, tuple shape, object dtype):
+        """Record an element-wise instruction (desc, of DEFER_MIN_ELEMENTS or more,
+        every array operand of its shape and dtype) without computing its value:
+        _aval computes it when something first reads it."""
+        cdef Py_ssize_t k = len(self.aux)
+        self.aux.append(desc)
+        s = self._push(K_ARRAY, 0, <int>k, -1, -1, 0.0)
+        self.array_slots.append(s)
+        if self.lazy is None:
+            self.lazy = set()
+        self.lazy.add(s)
+        cdef TapeArray h = TapeArray.__new__(TapeArray)
+        h.tape = self
+        h.slot = s
+        h.shape = shape
+        h.dtype = dtype
+        return h
+
+    cdef object _aval(self, Py_ssize_t s):
+        """The recorded value of array slot s, computed first if it was deferred."""
+        v = self.avals.get(s)
+        if v is None:
+            if self.lazy is not None and s in self.lazy:
+                return self._force(s)
+            return self.avals[s]        # the KeyError of a slot without a value
+        return v
+
+    cdef object _force(self, Py_ssize_t s):
+        """Compute deferred slot s.  The deferred values it reads (directly or
+        through others) are computed with it in one block loop and stay deferred:
+        a run of element-wise instructions read only at its end never materialises
+        its intermediates (adcore.grad of rosen at n = 10^5 computed 7 arrays of
+        800 KB).  Their shape and dtype are s's (_deferred's condition)."""
+        cdef Py_ssize_t j, nm, n
+        cdef int i, ar
+        cdef FMember* mem = NULL
+        cdef const void** inp = NULL
+        cdef void** vals = NULL
+        cdef void* scratch = NULL
+        cdef bint f32
+        cone = {s}
+        todo = [s]
+        while todo:
+            for kind, r in (<tuple>self.aux[self.ins[<Py_ssize_t>todo.pop()].a0])[2]:
+                if kind == "a" and r in self.lazy and r not in cone:
+                    cone.add(r)
+                    todo.append(r)
+        members = sorted(cone)
+        if len(members) > DEFER_CONE_MAX:
+            # bounded recomputation: the others are stored too (ascending, so each
+            # of them finds its own operands computed)
+            for r in members[:-1]:
+                self._force(r)
+            members = [s]
+        desc = <tuple>self.aux[self.ins[s].a0]
+        f32 = desc[4] == _F32_STR
+        out = _np_empty(desc[3], _f32 if f32 else _f64)
+        nm = len(members)
+        if nm == 1:
+            self._ew_run(desc[1], desc[2], out, self.val, self.avals)
+        else:
+            n = out.size
+            index = {m: j for j, m in enumerate(members)}
+            inputs = []
+            keep = [out]
+            mem = <FMember*>calloc(nm, sizeof(FMember))
+            vals = <void**>calloc(nm, sizeof(void*))
+            scratch = malloc((nm * fuse_stride(n) + 1) * sizeof(double))
+            try:
+                if mem == NULL or vals == NULL or scratch == NULL:
+                    raise MemoryError()
+                for j in range(nm):
+                    d = <tuple>self.aux[self.ins[<Py_ssize_t>members[j]].a0]
+                    ar = RULE_ARITY[<int>d[1]]
+                    mem[j].op = d[1]
+                    mem[j].ar = ar
+                    for i in range(ar):
+                        kind, r = d[2][i]
+                        if kind == "a" and r in index:
+                            mem[j].a[i].kind = FO_MEMBER
+                            mem[j].a[i].j = index[r]
+                        elif kind == "a":
+                            if r not in inputs:
+                                inputs.append(r)
+                            mem[j].a[i].kind = FO_INPUT
+                            mem[j].a[i].j = inputs.index(r)
+                        elif kind == "s":
+                            mem[j].a[i].kind = FO_SCALAR
+                            mem[j].a[i].j = r
+                        else:
+                            mem[j].a[i].kind = FO_CONST
+                            mem[j].a[i].c = r
+                inp = <const void**>malloc((len(inputs) + 1) * sizeof(void*))
+                if inp == NULL:
+                    raise MemoryError()
+                for j in range(len(inputs)):
+                    arr = self.avals[inputs[j]]
+                    if (type(arr) is not _ndarray or not _is_dt(arr.dtype, f32)
+                            or arr.size != n or not arr.flags.c_contiguous):
+                        raise TapeError(f"element-wise operand (slot {inputs[j]}) does not "
+                                        "fit its instruction")
+                    keep.append(arr)
+                    inp[j] = _ptr(arr)
+                vals[nm - 1] = _ptr(out)
+                if f32:
+                    with nogil:
+                        fused_forward_f32(mem, nm, <const float**>inp, <float**>vals,
+                                          <float*>scratch, self.val, n)
+                else:
+                    with nogil:
+                        fused_forward(mem, nm, <const double**>inp, <double**>vals,
+                                      <double*>scratch, self.val, n)
+            finally:
+                free(mem)
+                free(inp)
+                free(vals)
+                free(scratch)
+        out.setflags(False)
+        self.avals[s] = out
+        self.lazy.discard(s)
+        return out
+
+    cdef int _settle(self, bint everything) except -1:
+        """Before a sweep over the recorded values (not a replay's): compute the
+        deferred values it reads.  Only members of a fused group that nothing
+        outside the group reads stay deferred (the fused reverse recomputes them per
+        block); with ``everything`` (or unfused sweeps) none."""
+        if not self.lazy:
+            return 0
+        plan = None if everything or self.nofuse else self._fusion_plan()
+        slots = self.array_slots
+        for s in sorted(self.lazy):
+            if plan is not None:
+                g = plan[bisect_left(slots, s)]
+                if g is not None and not (<FusedGroup>g).outputs[<Py_ssize_t>s
+                                                               - (<FusedGroup>g).first]:
+                    continue
+            self._force(s)
+        return 0
+
     cdef TapeValue _array_scalar(self, tuple desc, double value):
         cdef Py_ssize_t k = len(self.aux)
         self.aux.append(desc)
@@ -908,7 +1067,7 @@ cdef class Tape:
                 s = (<TapeArray>a).slot
                 if (<TapeArray>a).shape != shape:
                     # an assignment broadcasts (np.broadcast_to costs ~2 us)
-                    src = self.avals[s]
+                    src = self._aval(s)
                     b = _np_empty(shape, src.dtype)
                     b[...] = src
                     b.setflags(False)
@@ -926,10 +1085,31 @@ cdef class Tape:
             else:
                 refs.append(("c", float(a)))
         refs = tuple(refs)
+        desc = ("ew", op, refs, shape, _F64_STR if f64 else _F32_STR)
+        n = 1
+        for d in shape:
+            n *= d
+        later = n >= defer_min
+        for kind, ref in refs:
+            if kind == "a":
+                v = self.avals.get(ref)
+                if v is None:
+                    v = self.aux[self.ins[<Py_ssize_t>ref].a0][4]   # deferred: an 'ew'
+                    if (v == _F32_STR) != (dtype is _f32) or not later:
+                        self._force(ref)
+                elif v.dtype is not dtype:
+                    later = False
+            elif kind == "s" and dtype is _f32:
+                later = False           # as a fused group: float32 takes no scalar
+        if later:
+            return self._deferred(desc, shape, dtype)
+        for kind, ref in refs:
+            if kind == "a" and self.lazy is not None and ref in self.lazy:
+                self._force(ref)
         out = _np_empty(shape, dtype)
         self._ew_run(op, refs, out, self.val, self.avals)
         out.setflags(False)
-        return self._array(("ew", op, refs, shape, _F64_STR if f64 else _F32_STR), out, False)
+        return self._array(desc, out, False)
 
     cdef object _binary(self, int op, TapeArray a, object b, bint reflected):
         """a op b (b op a when reflected) for the common operands: b a number, or
@@ -945,11 +1125,16 @@ cdef class Tape:
             rb = ("c", float(b))
         ra = ("a", a.slot)
         refs = (rb, ra) if reflected else (ra, rb)
+        desc = ("ew", op, refs, a.shape, _F32_STR if a.dtype is _f32 else _F64_STR)
+        cdef Py_ssize_t n = 1
+        for d in a.shape:
+            n *= d
+        if n >= defer_min:
+            return self._deferred(desc, a.shape, a.dtype)
         out = _np_empty(a.shape, a.dtype)
         self._ew_run(op, refs, out, self.val, self.avals)
         out.setflags(False)
-        return self._array(("ew", op, refs, a.shape,
-                            _F32_STR if a.dtype is _f32 else _F64_STR), out, False)
+        return self._array(desc, out, False)
 
     cdef int _ew_args(self, tuple refs, EwArg* e, double* vals, dict arrays, list keep,
                       Py_ssize_t n) except -1:
@@ -1058,7 +1243,7 @@ cdef class Tape:
                 self._check_handle(a)
                 if isinstance(a, TapeArray):
                     refs.append(("a", (<TapeArray>a).slot))
-                    xs.append(self.avals[(<TapeArray>a).slot])
+                    xs.append(self._aval((<TapeArray>a).slot))
                 else:
                     refs.append(("s", (<TapeValue>a).slot))
                     xs.append((<TapeValue>a).val)
@@ -1079,7 +1264,7 @@ cdef class Tape:
         if not self.recording or x.tape is not self:
             return self._primitive(prim, (x,), params)
         return self._prim_result(prim, params, (("a", x.slot),),
-                                 prim.value(self.avals[x.slot], **params))
+                                 prim.value(self._aval(x.slot), **params))
 
     cdef object _prim_result(self, prim, dict params, tuple refs, object out):
         """Record the result out of prim on refs: a scalar slot, or a read-only
@@ -1243,6 +1428,11 @@ cdef class Tape:
 
     # -- fused element-wise groups (replay and reverse sweep) -----------------
     @property
+    def _deferred_slots(self):
+        """Test hook: the array slots whose values are deferred (not computed yet)."""
+        return sorted(self.lazy) if self.lazy else []
+
+    @property
     def _fusion(self):
         """Test hook: whether replays and sweeps run fused groups (default True).
         Tests turn it off to compare the fused sweeps with the unfused ones."""
@@ -1307,7 +1497,12 @@ cdef class Tape:
                 for kind, ref in <tuple>desc[2]:
                     if kind == "a":
                         v = avals.get(ref)
-                        if v is None or not _is_dt(v.dtype, f32) or v.shape != shape:
+                        if v is None and self.lazy is not None and ref in self.lazy:
+                            # deferred (an 'ew' of its own shape and dtype)
+                            d = <tuple>self.aux[self.ins[<Py_ssize_t>ref].a0]
+                            if (d[4] == _F32_STR) != f32 or tuple(d[3]) != shape:
+                                ok = False
+                        elif v is None or not _is_dt(v.dtype, f32) or v.shape != shape:
                             ok = False
                     elif kind == "s":
                         if sc is None:
@@ -2028,7 +2223,7 @@ cdef class Tape:
         if wrt is not None:
             lead = self._lead_to(wrt if type(wrt) is frozenset else frozenset(wrt))
             plead = <const unsigned char*>(<bytes>lead)
-        wa = self.avals
+        wa = self.avals       # settled below when no replay's values are given
         abufs = None
         if _work is not None:
             rp = <Replay?>_work
@@ -2052,6 +2247,11 @@ cdef class Tape:
             if abufs is not None:
                 rp.adjs = out
         out.abufs = abufs
+        if rp is None and self.lazy:
+            self._settle(False)
+            for slot in seeds:
+                if slot in self.lazy:
+                    self._force(slot)
         for slot, g in seeds.items():
             self._seed(out, slot, g, wa, abufs)
         self._reverse(w, wa, out.adj, out.aadj, abufs, plead)
@@ -2143,7 +2343,9 @@ cdef class Tape:
         cdef double* adj = NULL
         cdef Py_ssize_t N = self.n, M = 0, NC = 0, B, r0, r1, slot, size
         wa = self.avals
-        if _work is not None:
+        if _work is None:
+            self._settle(True)      # unfused: every recorded value
+        else:
             rp = <Replay?>_work
             if rp.tape is not self:
                 raise TapeError("a replay of another tape")
@@ -2697,6 +2899,8 @@ cdef class Tape:
         if slot < 0 or slot >= self.n:
             raise IndexError("slot out of range")
         if rp is None:
+            if self.lazy is not None and slot in self.lazy:
+                return self._force(slot)
             return self._value_of(slot, self.val, self.avals)
         if rp.tape is not self:
             raise TapeError("a replay of another tape")
@@ -2709,7 +2913,7 @@ cdef class Tape:
 
     def shape_of(self, Py_ssize_t slot):
         if self.is_array_slot(slot):
-            return self.avals[slot].shape
+            return self._aval(slot).shape
         return ()
 
     # -- the Python face of a recorded tape ----------------------------------
@@ -2759,6 +2963,7 @@ cdef class Tape:
 
     # raw access for the saved format (adcore/tapefile.py; numpy copies, validated on the way in)
     def _export(self):
+        self._settle(True)
         dt = np.dtype([("op", "<i2"), ("flags", "<u2"), ("a0", "<i4"), ("a1", "<i4"),
                        ("a2", "<i4")])
         ins = _np_empty(self.n, dt)
@@ -3163,7 +3368,7 @@ cdef class TapeArray:
     @property
     def value(self):
         """The recorded value (read-only array)."""
-        return self.tape.avals[self.slot]
+        return self.tape._aval(self.slot)
 
     @property
     def ndim(self):
