@@ -15,7 +15,7 @@ cimport cython
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_RECORDS_RO)
 from cpython.exc cimport PyErr_NoMemory
-from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport isnan, isfinite, fabs
@@ -63,6 +63,12 @@ cdef enum:
     DEFER_CONE_MAX = 32           # a deferred value computes at most this many others
 
 cdef Py_ssize_t defer_min = DEFER_MIN_ELEMENTS
+
+
+cdef inline void* _align64(void* p) noexcept nogil:
+    """p rounded up to a 64-byte boundary: block buffers (allocated 64 bytes longer)
+    start on a cache line, so AVX-512's 64-byte loads never straddle two."""
+    return <void*>((<uintptr_t>p + 63) & ~(<uintptr_t>63))
 
 
 def _defer_min(n=None):
@@ -857,7 +863,7 @@ cdef class Tape:
             keep = [out]
             mem = <FMember*>calloc(nm, sizeof(FMember))
             vals = <void**>calloc(nm, sizeof(void*))
-            scratch = malloc((nm * fuse_stride(n) + 1) * sizeof(double))
+            scratch = malloc((nm * fuse_stride(n) + 9) * sizeof(double))
             try:
                 if mem == NULL or vals == NULL or scratch == NULL:
                     raise MemoryError()
@@ -897,11 +903,11 @@ cdef class Tape:
                 if f32:
                     with nogil:
                         fused_forward_f32(mem, nm, <const float**>inp, <float**>vals,
-                                          <float*>scratch, self.val, n)
+                                          <float*>_align64(scratch), self.val, n)
                 else:
                     with nogil:
                         fused_forward(mem, nm, <const double**>inp, <double**>vals,
-                                      <double*>scratch, self.val, n)
+                                      <double*>_align64(scratch), self.val, n)
             finally:
                 free(mem)
                 free(inp)
@@ -1665,7 +1671,7 @@ cdef class Tape:
         dt = _f32 if f32 else _f64
         inp = <const void**>malloc((ni + 1) * sizeof(void*))
         vals = <void**>malloc(nm * sizeof(void*))
-        scratch = malloc((nm * fuse_stride(n) + 1) * sizeof(double))
+        scratch = malloc((nm * fuse_stride(n) + 9) * sizeof(double))
         try:
             if inp == NULL or vals == NULL or scratch == NULL:
                 raise MemoryError()
@@ -1687,17 +1693,17 @@ cdef class Tape:
                 if n >= NOGIL_MIN_ELEMENTS:
                     with nogil:
                         fused_forward_f32(g.mem, nm, <const float**>inp, <float**>vals,
-                                          <float*>scratch, w, n)
+                                          <float*>_align64(scratch), w, n)
                 else:
                     fused_forward_f32(g.mem, nm, <const float**>inp, <float**>vals,
-                                      <float*>scratch, w, n)
+                                      <float*>_align64(scratch), w, n)
             elif n >= NOGIL_MIN_ELEMENTS:
                 with nogil:
                     fused_forward(g.mem, nm, <const double**>inp, <double**>vals,
-                                  <double*>scratch, w, n)
+                                  <double*>_align64(scratch), w, n)
             else:
                 fused_forward(g.mem, nm, <const double**>inp, <double**>vals,
-                              <double*>scratch, w, n)
+                              <double*>_align64(scratch), w, n)
         finally:
             free(inp)
             free(vals)
@@ -1835,28 +1841,28 @@ cdef class Tape:
                                         f"{n} elements")
                     keep.append(arr)
                     vals[j] = _ptr(arr)
-            scratch = calloc(2 * nm * fuse_stride(n) + 1, sizeof(double))
+            scratch = calloc(2 * nm * fuse_stride(n) + 9, sizeof(double))
             if scratch == NULL:
                 raise MemoryError()
             if f32:
                 if n >= NOGIL_MIN_ELEMENTS:
                     with nogil:
                         fused_reverse_f32(g.mem, nm, <const float**>inp, <float**>vals,
-                                          <float*>scratch, w, adj, <float**>gmem,
+                                          <float*>_align64(scratch), w, adj, <float**>gmem,
                                           <float**>ginp, act, want, fresh, cmode, cval,
                                           need, n)
                 else:
                     fused_reverse_f32(g.mem, nm, <const float**>inp, <float**>vals,
-                                      <float*>scratch, w, adj, <float**>gmem,
+                                      <float*>_align64(scratch), w, adj, <float**>gmem,
                                       <float**>ginp, act, want, fresh, cmode, cval, need, n)
             elif n >= NOGIL_MIN_ELEMENTS:
                 with nogil:
                     fused_reverse(g.mem, nm, <const double**>inp, <double**>vals,
-                                  <double*>scratch, w, adj, <double**>gmem,
+                                  <double*>_align64(scratch), w, adj, <double**>gmem,
                                   <double**>ginp, act, want, fresh, cmode, cval, need, n)
             else:
                 fused_reverse(g.mem, nm, <const double**>inp, <double**>vals,
-                              <double*>scratch, w, adj, <double**>gmem, <double**>ginp,
+                              <double*>_align64(scratch), w, adj, <double**>gmem, <double**>ginp,
                               act, want, fresh, cmode, cval, need, n)
         finally:
             free(cval)
