@@ -1095,14 +1095,16 @@ cdef class Tape:
         n = 1
         for d in shape:
             n *= d
+        # deferred when every array operand has its dtype (its shape: broadcasts are
+        # explicit), so that a deferred value's cone is of one shape and dtype
         later = n >= defer_min
         for kind, ref in refs:
             if kind == "a":
                 v = self.avals.get(ref)
-                if v is None:
-                    v = self.aux[self.ins[<Py_ssize_t>ref].a0][4]   # deferred: an 'ew'
-                    if (v == _F32_STR) != (dtype is _f32) or not later:
-                        self._force(ref)
+                if v is None:           # deferred: an 'ew', dtype in its desc
+                    if (self.aux[self.ins[<Py_ssize_t>ref].a0][4] == _F32_STR) \
+                            != (dtype is _f32):
+                        later = False
                 elif v.dtype is not dtype:
                     later = False
             elif kind == "s" and dtype is _f32:

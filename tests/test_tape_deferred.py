@@ -123,6 +123,25 @@ def test_operands_of_other_kinds_force_their_values():
     assert _same(got[0], want[0]) and _same(got[1], want[1])
 
 
+def test_a_float32_run_inside_a_float64_one():
+    # a float64 step with a deferred float32 operand is computed as it is recorded
+    # (a deferred value's cone has one dtype); the float64 steps after it defer again
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=N)
+    x32 = rng.normal(size=N).astype(np.float32)
+
+    def f(x, x32):
+        a = x * 2.0 + 1.0
+        c = adcore.tanh(x32 * 2.0)
+        d = (c + a) * a - x
+        return adcore.sum(d * d)
+
+    got = adcore.value_and_grad(f, argnums=(0, 1))(x, x32)
+    want = _eager(lambda: adcore.value_and_grad(f, argnums=(0, 1))(x, x32))
+    assert _same(got[0], want[0]) and _same(got[1], want[1])
+    assert got[1][1].dtype == np.float32
+
+
 def test_a_long_run_read_once_is_bounded_and_exact():
     x = np.random.default_rng(5).uniform(0.5, 1.5, N)
 
