@@ -152,6 +152,55 @@ def rows_scaled(object g, object m):
         PyBuffer_Release(&gb)
 
 
+def sub_scaled(object p, object k, object g):
+    """``p -= k * g`` in place in one pass, without numpy's temporary for ``k * g``:
+    p and g float32 or float64 arrays of one dtype and shape, C-contiguous, p
+    writable and apart from g in memory, k a scalar of that dtype.  Each element
+    is numpy's: the product rounded to the dtype, then the difference (no FMA:
+    -ffp-contract=off).  False for anything else: the caller takes numpy's."""
+    if type(p) is not _ndarray or type(g) is not _ndarray:
+        return False
+    dt = p.dtype
+    if (dt is not _f64 and dt is not _f32) or g.dtype is not dt or type(k) is not dt.type \
+            or g.shape != p.shape:
+        return False
+    pf = p.flags
+    if not (pf.c_contiguous and pf.writeable and g.flags.c_contiguous):
+        return False
+    cdef Py_ssize_t n = p.size
+    if n == 0:
+        return True
+    cdef char* pp = <char*>_ptr(p)
+    cdef const char* pg = <const char*>_ptr(g)
+    cdef Py_ssize_t nb = n * (4 if dt is _f32 else 8)
+    if pp < pg + nb and pg < pp + nb:
+        return False            # overlapping: numpy's temporary decides the order
+    cdef double kd = k
+    cdef bint f32 = dt is _f32
+    if n >= NOGIL_MIN_ELEMENTS:
+        with nogil:
+            _sub_scaled(pp, kd, pg, n, f32)
+    else:
+        _sub_scaled(pp, kd, pg, n, f32)
+    return True
+
+
+cdef void _sub_scaled(char* p, double k, const char* g, Py_ssize_t n,
+                      bint f32) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float kf = <float>k
+    cdef float* p32 = <float*>p
+    cdef const float* g32 = <const float*>g
+    cdef double* p64 = <double*>p
+    cdef const double* g64 = <const double*>g
+    if f32:
+        for i in range(n):
+            p32[i] = p32[i] - kf * g32[i]
+    else:
+        for i in range(n):
+            p64[i] = p64[i] - k * g64[i]
+
+
 def labels_intp(object y, Py_ssize_t classes, Py_ssize_t row=0):
     """Class labels handed over as floats (a tape's inputs are floats) as an intp
     array, in one pass: y a 1-d C-contiguous float64 array whose every element is

@@ -592,3 +592,34 @@ def test_float32_relu_replay_is_bitwise_the_float64_rule(n):
     np.testing.assert_array_equal(gx.view(np.uint32), want_gx.view(np.uint32))
     with np.errstate(invalid="ignore"):          # inf * 0 in the check
         assert np.isnan(y) == np.isnan(np.sum(rx * w))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 5000])
+def test_sub_scaled_is_numpys_update_bitwise(dtype, n):
+    # the optimizers' one-pass p -= k * g (no temporary): numpy's bits, -0.0, inf and
+    # NaN included; anything else is refused (False) and p left as it was
+    from adcore._tape import sub_scaled
+    rng = np.random.default_rng(n)
+    p = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    if n >= 7:
+        p[:4] = [0.0, -0.0, np.inf, np.nan]
+        g[2:6] = [0.0, -0.0, np.inf, -1e-300]
+    k = dtype(0.1)
+    want = p.copy()
+    want -= k * g
+    got = p.copy()
+    assert sub_scaled(got, k, g)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    before = p.copy()
+    other = np.float64 if dtype == np.float32 else np.float32
+    refused = [(p, 0.1, g), (p, other(0.1), g), (p, k, g.astype(other)),
+               (p, k, g.reshape(1, n))]
+    if n >= 2:      # strided, the same memory, overlapping
+        refused += [(p, k, g[::-1].copy()[::-1]), (p, k, p), (p[1:], k, p[:-1])]
+    for args in refused:
+        assert sub_scaled(*args) is False
+    p.setflags(write=False)
+    assert sub_scaled(p, k, g) is False
+    np.testing.assert_array_equal(p.view(np.uint8), before.view(np.uint8))

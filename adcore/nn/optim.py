@@ -15,6 +15,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from .._tape import sub_scaled
 from ..trees import flatten
 
 __all__ = ["SGD", "Adam"]
@@ -203,7 +204,8 @@ class SGD(_Optimizer):
         wd, mom, nesterov = self.weight_decay, self.momentum, self.nesterov
         if not wd and not mom:
             for p, g, k in zip(ps, gs, ks):
-                p -= k[0] * g
+                if not sub_scaled(p, k[0], g):      # one C pass, the same bits
+                    p -= k[0] * g
             return
         for i, (p, g, (lr_t, wd_t, mom_t)) in enumerate(zip(ps, gs, ks)):
             if wd:
@@ -213,7 +215,8 @@ class SGD(_Optimizer):
                 v *= mom_t
                 v += g
                 g = g + v * mom_t if nesterov else v
-            p -= lr_t * g
+            if not sub_scaled(p, lr_t, g):
+                p -= lr_t * g
 
 
 class Adam(_Optimizer):
