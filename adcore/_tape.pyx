@@ -2037,7 +2037,7 @@ cdef class Tape:
                 return 0
             if (not self.nofuse and refs[0][0] == "a" and not (self.ins[s].flags & F_SCALAR)
                     and type(prim) is _ops().GetItem
-                    and self._slice_reverse(refs[0][1], g, plan[0], wa, aadj, abufs)):
+                    and self._slice_reverse(s, refs[0][1], g, plan[0], wa, aadj, abufs)):
                 return 0
             xs = []
             for kind2, ref in refs:
@@ -2095,9 +2095,9 @@ cdef class Tape:
         stop[0] = b if b > a else a
         return True
 
-    cdef bint _slice_reverse(self, Py_ssize_t ref, object g, dict params, dict wa,
-                             dict aadj, dict abufs) except -1:
-        """getitem's reverse for x[a:b] (step 1, first axis) without the vjp's
+    cdef bint _slice_reverse(self, Py_ssize_t s, Py_ssize_t ref, object g, dict params,
+                             dict wa, dict aadj, dict abufs) except -1:
+        """getitem's reverse (slot s) for x[a:b] (step 1, first axis) without the vjp's
         array of zeros: g goes into that slice of x's adjoint (written when x has
         none yet, the rest zeroed), and the rest of an existing adjoint gets + 0.0
         as the vjp's zeros would add (-0.0 becomes 0.0 there too).  False: not
@@ -2132,8 +2132,12 @@ cdef class Tape:
                 adopt = <Py_ssize_t>_ptr(g) - <Py_ssize_t>_ptr(h) == off
             if adopt:
                 # g lies where x's adjoint keeps that slice (_slice_home): adopt the
-                # array around it, the same bits as a copy
+                # array around it, the same bits as a copy.  s's pooled view leaves
+                # the pool: the next sweep must not write into x's adjoint, which
+                # take may have handed to the caller
                 ga = h
+                if abufs is not None and abufs.get(s) is g:
+                    del abufs[s]
             else:
                 ga = self._adj_buffer(ref, wa, abufs)
                 # a copy that keeps every bit; not memmove, which is ~10x slower here
@@ -3178,12 +3182,8 @@ cdef class Adjoints:
         g = self.aadj.get(slot)
         if g is None:
             return _np_zeros(shape, dt)
-        if self.abufs is not None:
-            if self.abufs.get(slot) is g:
-                del self.abufs[slot]
-            # a slice's buffer inside g (g adopted its home, _slice_home) goes too
-            for k in [k for k, b in self.abufs.items() if (<object>b).base is g]:
-                del self.abufs[k]
+        if self.abufs is not None and self.abufs.get(slot) is g:
+            del self.abufs[slot]
         if g.dtype != dt:
             return g.astype(dt)
         # array() after take still gives the adjoint: this same array, now the caller's
