@@ -878,9 +878,8 @@ cdef class Tape:
         a run of element-wise instructions read only at its end never materialises
         its intermediates (adcore.grad of rosen at n = 10^5 computed 7 arrays of
         800 KB).  Their shape and dtype are s's (_deferred's condition)."""
-        cdef Py_ssize_t j, nm, n
-        cdef int i, ar
-        cdef FMember* mem = NULL
+        cdef Py_ssize_t nm, n
+        cdef FusedGroup g
         cdef const void** inp = NULL
         cdef void** vals = NULL
         cdef void* scratch = NULL
@@ -902,63 +901,30 @@ cdef class Tape:
         desc = <tuple>self.aux[self.ins[s].a0]
         f32 = desc[4] == _F32_STR
         out = _np_empty(desc[3], _f32 if f32 else _f64)
-        nm = len(members)
-        if nm == 1:
+        if len(members) == 1:
             self._ew_run(desc[1], desc[2], out, self.val, self.avals)
         else:
-            n = out.size
-            index = {m: j for j, m in enumerate(members)}
-            inputs = []
+            g = self._members(members)
+            nm = g.nm
+            n = g.n
             keep = [out]
-            mem = <FMember*>calloc(nm, sizeof(FMember))
+            inp = <const void**>malloc((len(g.inputs) + 1) * sizeof(void*))
             vals = <void**>calloc(nm, sizeof(void*))
             scratch = malloc((nm * fuse_stride(n) + 9) * sizeof(double))
             try:
-                if mem == NULL or vals == NULL or scratch == NULL:
+                if inp == NULL or vals == NULL or scratch == NULL:
                     raise MemoryError()
-                for j in range(nm):
-                    d = <tuple>self.aux[self.ins[<Py_ssize_t>members[j]].a0]
-                    ar = RULE_ARITY[<int>d[1]]
-                    mem[j].op = d[1]
-                    mem[j].ar = ar
-                    for i in range(ar):
-                        kind, r = d[2][i]
-                        if kind == "a" and r in index:
-                            mem[j].a[i].kind = FO_MEMBER
-                            mem[j].a[i].j = index[r]
-                        elif kind == "a":
-                            if r not in inputs:
-                                inputs.append(r)
-                            mem[j].a[i].kind = FO_INPUT
-                            mem[j].a[i].j = inputs.index(r)
-                        elif kind == "s":
-                            mem[j].a[i].kind = FO_SCALAR
-                            mem[j].a[i].j = r
-                        else:
-                            mem[j].a[i].kind = FO_CONST
-                            mem[j].a[i].c = r
-                inp = <const void**>malloc((len(inputs) + 1) * sizeof(void*))
-                if inp == NULL:
-                    raise MemoryError()
-                for j in range(len(inputs)):
-                    arr = self.avals[inputs[j]]
-                    if (type(arr) is not _ndarray or not _is_dt(arr.dtype, f32)
-                            or arr.size != n or not arr.flags.c_contiguous):
-                        raise TapeError(f"element-wise operand (slot {inputs[j]}) does not "
-                                        "fit its instruction")
-                    keep.append(arr)
-                    inp[j] = _ptr(arr)
+                _group_inputs(g, self.avals, f32, keep, inp)
                 vals[nm - 1] = _ptr(out)
                 if f32:
                     with nogil:
-                        fused_forward_f32(mem, nm, <const float**>inp, <float**>vals,
+                        fused_forward_f32(g.mem, nm, <const float**>inp, <float**>vals,
                                           <float*>_align64(scratch), self.val, n)
                 else:
                     with nogil:
-                        fused_forward(mem, nm, <const double**>inp, <double**>vals,
+                        fused_forward(g.mem, nm, <const double**>inp, <double**>vals,
                                       <double*>_align64(scratch), self.val, n)
             finally:
-                free(mem)
                 free(inp)
                 free(vals)
                 free(scratch)
@@ -1656,15 +1622,15 @@ cdef class Tape:
         diff = desc[1].differentiable
         return diff is None or 0 in diff
 
-    cdef FusedGroup _make_group(self, list run, const int32_t* cnt, const Py_ssize_t* who,
-                                set outs):
+    cdef FusedGroup _members(self, list slots):
+        """A FusedGroup's members and inputs for 'ew' slots (ascending, one shape
+        and dtype): an operand among slots is a member, another array an input."""
         cdef FusedGroup g = FusedGroup.__new__(FusedGroup)
-        cdef Py_ssize_t j, k, s, first = self.array_slots[run[0]]
+        cdef Py_ssize_t j, s
         cdef int i
-        g.nm = len(run)
-        g.first = first
-        g.kfirst = run[0]
-        desc0 = self.aux[self.ins[first].a0]
+        g.nm = len(slots)
+        g.first = slots[0]
+        desc0 = self.aux[self.ins[g.first].a0]
         g.shape = tuple(desc0[3])
         g.f32 = desc0[4] == _F32_STR
         g.n = 1
@@ -1673,11 +1639,10 @@ cdef class Tape:
         g.mem = <FMember*>calloc(g.nm, sizeof(FMember))
         if g.mem == NULL:
             raise MemoryError()
+        index = {t: j for j, t in enumerate(slots)}
         inputs = []
-        outputs = []
-        sums = []
         for j in range(g.nm):
-            s = first + j
+            s = slots[j]
             desc = self.aux[self.ins[s].a0]
             g.mem[j].op = desc[1]
             g.mem[j].ar = RULE_ARITY[desc[1]]
@@ -1685,9 +1650,9 @@ cdef class Tape:
                 raise TapeError(f"element-wise instruction {s} has {len(desc[2])} operands")
             for i in range(g.mem[j].ar):
                 kind, ref = desc[2][i]
-                if kind == "a" and first <= ref < s:
+                if kind == "a" and index.get(ref, g.nm) < j:
                     g.mem[j].a[i].kind = FO_MEMBER
-                    g.mem[j].a[i].j = ref - first
+                    g.mem[j].a[i].j = index[ref]
                 elif kind == "a":
                     if ref not in inputs:
                         inputs.append(ref)
@@ -1699,12 +1664,23 @@ cdef class Tape:
                 else:
                     g.mem[j].a[i].kind = FO_CONST
                     g.mem[j].a[i].c = ref
+        g.inputs = tuple(inputs)
+        return g
+
+    cdef FusedGroup _make_group(self, list run, const int32_t* cnt, const Py_ssize_t* who,
+                                set outs):
+        cdef Py_ssize_t j, s
+        cdef FusedGroup g = self._members([self.array_slots[k] for k in run])
+        g.kfirst = run[0]
+        outputs = []
+        sums = []
+        for j in range(g.nm):
+            s = g.first + j
             out = s in outs
             outputs.append(out or cnt[s] > 0)
             # a value only summed outside the group: the sum's reverse is the group's
             sums.append(who[s] if cnt[s] == 1 and not out and self._is_full_sum(who[s])
                         else -1)
-        g.inputs = tuple(inputs)
         g.outputs = tuple(outputs)
         g.sums = tuple(sums)
         return g
