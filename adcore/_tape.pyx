@@ -2965,6 +2965,11 @@ cdef class Tape:
         sweep skips what leads only to the other arguments."""
         return _reverse_module()._tape_gradient(self, args, argnums)
 
+    def value_and_gradient(self, *args, argnums=None):
+        """``(value, gradient)`` from one replay: the scalar output as a float (as
+        adcore.value_and_grad gives it) and what ``gradient`` returns."""
+        return _reverse_module()._tape_gradient(self, args, argnums, True)
+
     def jacobian(self, *args):
         """The Jacobian of the outputs at new arguments, by replay."""
         return _reverse_module()._tape_jacobian(self, args)

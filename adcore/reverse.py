@@ -706,7 +706,8 @@ def _groups_of(tape: Tape, nargs: int):
     return groups
 
 
-def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
+def _tape_gradient(tape: Tape, args, argnums=None, with_value: bool = False) -> Any:
+    """Tape.gradient; with ``with_value``, Tape.value_and_gradient."""
     if tape.in_tree is None:
         raise TapeError("only tapes made by adcore.record can be replayed")
     lay = _layout(tape)
@@ -726,16 +727,24 @@ def _tape_gradient(tape: Tape, args, argnums=None) -> Any:
         swept = tape._scalar_gradient_pooled(values, out[1][1])
         if swept is not None:
             try:
-                return _gradient_of(tape, args, swept[0], argnums, nums, lay, swept[1])
+                g = _gradient_of(tape, args, swept[0], argnums, nums, lay, swept[1])
+                return (_scalar_value(tape, lay, swept[0]), g) if with_value else g
             finally:
                 tape._release(swept[0])
     # fused: the outputs and the (fused) reverse sweep read nothing else
     rp = tape._replay_pooled(values, True)
     try:
         # hands over: the workspace is reused
-        return _gradient_of(tape, args, rp, argnums, nums, lay)
+        g = _gradient_of(tape, args, rp, argnums, nums, lay)
+        return (_scalar_value(tape, lay, rp), g) if with_value else g
     finally:
         tape._release(rp)
+
+
+def _scalar_value(tape: Tape, lay: _Layout, rp) -> float:
+    """The replayed scalar output as a float (as adcore.value_and_grad gives it)."""
+    kind, ref = _scalar_output(tape, lay)
+    return ref if kind == "c" else float(tape.value_at(ref, rp))
 
 
 def _leaf_grad(adj, spec):

@@ -61,6 +61,38 @@ def test_two_level_trees_replay_as_recorded(container, dtype):
         assert tape(q, xq) == adcore.value_and_grad(_f)(q, xq)[0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_value_and_gradient_is_value_and_grad_from_one_replay(dtype):
+    p = _params(dtype)
+    x = RNG.standard_normal((5, 3)).astype(dtype)
+    tape = adcore.record(_f, p, x)
+    for _ in range(3):
+        q = [{k: RNG.standard_normal(v.shape).astype(dtype) for k, v in p[0].items()}, {},
+             {"w": RNG.standard_normal((4, 2)).astype(dtype)}, p[3]]
+        xq = RNG.standard_normal((5, 3)).astype(dtype)
+        want_value, want = adcore.value_and_grad(_f, argnums=(0, 1))(q, xq)
+        value, g = tape.value_and_gradient(q, xq)
+        assert type(value) is float and value == want_value
+        _same(g, want)
+        value, g = tape.value_and_gradient(q, xq, argnums=0)
+        assert value == want_value
+        _same(g, want[0])
+
+
+def test_value_and_gradient_of_scalar_constant_and_array_outputs():
+    tape = adcore.record(_scalar_program, 0.4, -0.7, 1.2)
+    for k in range(3):          # the second call on takes the one-call scalar path
+        pt = (0.4 + 0.1 * k, -0.7, 1.2)
+        want = adcore.value_and_grad(_scalar_program, argnums=(0, 1, 2))(*pt)
+        assert tape.value_and_gradient(*pt) == want
+    with pytest.raises(adcore.BranchChangedError):
+        tape.value_and_gradient(-0.5, -0.7, 1.2)
+    assert adcore.record(lambda x: 2.0, 1.0).value_and_gradient(3.0) == (2.0, 0.0)
+    atape = adcore.record(lambda a: a * 2.0, np.ones(3))
+    with pytest.raises(TypeError, match="scalar output"):
+        atape.value_and_gradient(np.ones(3))
+
+
 def test_a_dict_of_leaves_replays_as_recorded():
     f = lambda p, x: (p["a"] * x).sum() * p["s"] + p["b"].sum()      # noqa: E731
     p = {"a": np.arange(3.0), "s": 2.0, "b": np.ones((2, 2))}

@@ -65,6 +65,47 @@ def test_a_recorded_step_replays_on_new_batches():
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("model,dtype,epochs", [("mlp", "float32", 3), ("mlp", "float64", 2),
+                                                 ("cnn", "float32", 1)])
+def test_replayed_training_is_recording_every_step_bit_for_bit(model, dtype, epochs):
+    replayed, recorded = (T.train(T.TrainConfig(model=model, dtype=dtype, epochs=epochs,
+                                                replay=replay), progress=False)
+                          for replay in (True, False))
+    assert replayed.losses == recorded.losses
+    assert replayed.accuracies == recorded.accuracies
+    a, b = adcore.tree_flatten(replayed.params)[0], adcore.tree_flatten(recorded.params)[0]
+    assert len(a) == len(b) > 0
+    for p, q in zip(a, b):
+        assert p.dtype == q.dtype == np.dtype(dtype) and p.tobytes() == q.tobytes()
+
+
+def test_replayed_step_records_once_per_batch_shape_and_again_on_a_branch_change():
+    recordings = []
+
+    def loss(p, x, y):
+        recordings.append(x.shape)
+        z = x @ p["w"]
+        if adcore.sum(z) > 0:       # a Python branch: checked on every replay
+            z = z * 2.0
+        return nn.cross_entropy(z, y)
+
+    rng = np.random.default_rng(0)
+    p = {"w": np.abs(rng.standard_normal((4, 3)))}      # sum(x @ w) has x's sign
+    step = nn.ReplayedStep(loss)
+    each = adcore.value_and_grad(loss)
+    seen = 0
+    for sign, n, new in ((1, 5, 1), (1, 5, 0), (1, 3, 1), (-1, 5, 1), (-1, 5, 0), (1, 5, 1)):
+        x = sign * np.abs(rng.standard_normal((n, 4)))
+        y = rng.integers(0, 3, n)
+        value, g = step(p, x, y)
+        assert len(recordings) == seen + new          # recorded only when needed
+        want_value, want = each(p, x, y)
+        seen = len(recordings)
+        assert type(value) is float and value == want_value
+        assert g["w"].tobytes() == want["w"].tobytes()
+    assert sorted(step.tapes) == [((3, 4), "<f8", (3,), "<i8"), ((5, 4), "<f8", (5,), "<i8")]
+
+
 def test_main_prints_the_test_accuracy(capsys):
     status = T.main(["--engine", "numpy", "--epochs", "2", "--quiet"])
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ from .layers import (MLP, Activation, AvgPool2d, Conv2d, Dropout, Flatten, Layer
                      MaxPool2d, Sequential, count_parameters, glorot_normal, glorot_uniform,
                      he_normal, he_uniform)
 from .optim import SGD, Adam
+from .step import ReplayedStep
 
 __all__ = [
     "data", "functional", "layers", "optim",
@@ -21,6 +22,6 @@ __all__ = [
     "logsumexp", "max_pool2d", "mse", "one_hot", "softmax",
     "MLP", "Activation", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Layer", "Linear",
     "MaxPool2d", "Sequential", "count_parameters", "glorot_normal", "glorot_uniform",
-    "he_normal", "he_uniform", "SGD", "Adam",
+    "he_normal", "he_uniform", "SGD", "Adam", "ReplayedStep",
     "gelu", "relu", "sigmoid", "softplus", "tanh",
 ]

@@ -2,7 +2,9 @@
 
 The default is a 64-256-10 ReLU MLP trained with SGD (momentum 0.9, weight
 decay 1e-4, cosine learning-rate decay) on a stratified 80/20 split of the
-1,797 digits; gradients come from adcore's reverse mode.  ``--model cnn``
+1,797 digits; gradients come from adcore's reverse mode, by replaying one
+recording of the loss per batch shape (``--record-each-step``: a new recording
+per step, ``adcore.value_and_grad``).  ``--model cnn``
 trains a small convolutional network instead.  ``--engine numpy`` uses the
 hand-written numpy backpropagation of ``adcore.nn.reference`` (MLP only), the
 baseline of the benchmarks.
@@ -23,6 +25,7 @@ from . import functional as F
 from .data import batches, load_digits, train_test_split
 from .layers import (MLP, Activation, Conv2d, Flatten, Linear, MaxPool2d, Sequential)
 from .optim import SGD, Adam
+from .step import ReplayedStep
 
 __all__ = ["TrainConfig", "TrainResult", "train", "main", "build_model", "load_split",
            "accuracy"]
@@ -41,6 +44,8 @@ class TrainConfig:
     seed: int = 0                # the split, the initial weights and the shuffling
     test_fraction: float = 0.2
     engine: str = "adcore"       # "adcore" (reverse mode) or "numpy" (hand-written, MLP only)
+    replay: bool = True          # adcore: replay one recording per batch shape (ReplayedStep),
+                                 # else record every step (adcore.value_and_grad)
     dtype: str = "float32"
     threads: int = 1             # BLAS threads while training (0: leave numpy's setting)
 
@@ -103,15 +108,12 @@ def _engine(model: Sequential, config: TrainConfig):
     def loss(params, x, y):
         return F.cross_entropy(model(params, x), y)
 
-    value_and_grad = adcore.value_and_grad(loss)
-
-    def loss_and_grads(params, x, y):
-        return value_and_grad(params, x, y)
-
     def logits(params, x):
         return np.asarray(model(params, x))
 
-    return loss_and_grads, logits
+    if config.replay:
+        return ReplayedStep(loss), logits
+    return adcore.value_and_grad(loss), logits
 
 
 # ---------------------------------------------------------------- BLAS threads
@@ -331,6 +333,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--engine", choices=("adcore", "numpy"), default=d.engine,
                    help="where gradients come from (numpy: hand-written backprop, mlp only)")
+    p.add_argument("--record-each-step", action="store_true",
+                   help="adcore: record the loss anew every step (adcore.value_and_grad) "
+                        "instead of replaying one recording per batch shape")
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy PNG (needs matplotlib)")
     p.add_argument("--threads", type=int, default=1,
@@ -354,14 +359,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (0.003 if args.optimizer == "adam" else 0.05),
         momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
-        seed=args.seed, engine=args.engine, dtype=args.dtype, threads=max(args.threads, 0))
+        seed=args.seed, engine=args.engine, replay=not args.record_each_step, dtype=args.dtype,
+        threads=max(args.threads, 0))
     try:
         result = train(config, progress=not args.quiet)
     except ValueError as e:
         print(f"adcore train: {e}", file=sys.stderr)
         return 2
     print(f"trained {config.model} ({config.engine}, {config.dtype}) for {config.epochs} epochs "
-          f"in {result.seconds:.1f} s; final training loss {result.losses[-1]:.4f}")
+          f"in {result.seconds:.2f} s; final training loss {result.losses[-1]:.4f}")
     if args.plot:
         if plot_history(result, args.plot):
             print(f"wrote {args.plot}")

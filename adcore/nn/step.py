@@ -1,0 +1,44 @@
+"""A training step recorded once per batch shape and replayed: the tape's answer
+to ``jax.jit(jax.value_and_grad(loss))``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BranchChangedError
+from ..reverse import record
+
+__all__ = ["ReplayedStep"]
+
+
+class ReplayedStep:
+    """``(loss, gradient) = step(params, x, y)`` by replaying a recording of
+    ``loss(params, x, y)``: one recording per layout of the batch (the last batch
+    of an epoch is smaller), as jax.jit traces once per shape.  The gradient is
+    the parameters' only; they keep the structure and shapes of the first call.
+
+    A replay that would take another branch of Python control flow raises
+    ``adcore.BranchChangedError``; the step then records anew, so it gives what
+    ``adcore.value_and_grad(loss)`` gives, bit for bit.  What the loss reads
+    besides its arguments (a random generator, outside arrays) is fixed by the
+    recording: pass it as an argument (``nn.functional.dropout_mask`` masks, say)
+    to change it per step.
+    """
+
+    def __init__(self, loss: Callable):
+        self.loss = loss
+        self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape
+
+    def __call__(self, params, x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        key = (x.shape, x.dtype.str, y.shape, y.dtype.str)
+        tape = self.tapes.get(key)
+        if tape is not None:
+            try:
+                return tape.value_and_gradient(params, x, y, argnums=0)
+            except BranchChangedError:
+                pass                # record this batch's branch instead
+        tape = self.tapes[key] = record(self.loss, params, x, y)
+        return tape.value_and_gradient(params, x, y, argnums=0)
