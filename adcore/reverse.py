@@ -24,7 +24,9 @@ __all__ = ["grad", "value_and_grad", "vjp", "jacrev", "record", "load_tape", "Ta
 
 
 _DTYPES: dict = {}
-_F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_F32_F64 = (_F32, _F64)
+_F32_STR, _F64_STR = _F32.str, _F64.str
 
 
 def _dtype(dt: str) -> np.dtype:
@@ -88,10 +90,11 @@ def _argnums(argnums: Union[int, Sequence[int]], nargs: int) -> Tuple[int, ...]:
 class _Recording:
     """The result of one recording: the tape, its inputs and its outputs."""
 
-    def __init__(self, tape: Tape, groups: List[Tuple[Any, list]], out: Any):
+    def __init__(self, tape: Tape, groups: List[Tuple[Any, list]], out: Any, flats=None):
         self.tape = tape
         self.groups = groups      # per differentiated argument: (treedef, [(slot, shape, dtype)])
         self.out = out            # the function's output (handles inside)
+        self.flats = flats        # per group its _two_level layout or None (None: all None)
 
 
 def _out_leaf(tape: Tape, leaf: Any, what: str):
@@ -112,20 +115,27 @@ def _out_leaf(tape: Tape, leaf: Any, what: str):
 
 
 def _leaves_of(arg: Any, i: int, structs: Any):
-    """flatten(arg), or the structure of the previous call (structs: argnum -> TreeDef,
-    kept by the driver) when arg still has it and its leaves are floats or arrays: the
-    walk then builds no TreeDef."""
+    """(leaves, treedef, _two_level layout or None) of arg: flatten(arg), or the
+    structure of the previous call (structs: argnum -> (TreeDef, layout), kept by the
+    driver) when arg still has it and its leaves are floats or arrays: the walk then
+    builds no TreeDef (and a two-level tree, the usual parameters, is not walked)."""
     if structs is not None:
         last = structs.get(i)
         if last is not None:
-            leaves: list = []
-            if _match(arg, last, leaves) and all(
+            td, flat = last
+            leaves = _flat_leaves(arg, flat[0], flat[1]) if flat is not None else None
+            if leaves is None:
+                leaves = []
+                if not _match(arg, td, leaves):
+                    leaves = None
+            if leaves is not None and all(
                     type(v) is np.ndarray or type(v) is float for v in leaves):
-                return leaves, last
+                return leaves, td, flat
     leaves, td = flatten(arg)
+    flat = _two_level(td)
     if structs is not None:
-        structs[i] = td
-    return leaves, td
+        structs[i] = (td, flat)
+    return leaves, td, flat
 
 
 def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None,
@@ -139,26 +149,35 @@ def _record(f: Callable, args: Sequence[Any], nums: Tuple[int, ...], out_fn=None
     tape = Tape()
     tape.start()
     groups = []
+    flats = []
     try:
         new_args = list(args)
         for i in nums:
-            leaves, td = _leaves_of(args[i], i, structs)
+            leaves, td, flat = _leaves_of(args[i], i, structs)
             handles = []
             info = []
             for j, leaf in enumerate(leaves):
-                h = tape.input(_input_leaf(leaf, lambda: _leaf_name(args, i, j)))
+                tl = type(leaf)
+                if tl is not float and not (tl is np.ndarray and leaf.dtype in _F32_F64):
+                    leaf = _input_leaf(leaf, lambda: _leaf_name(args, i, j))
+                h = tape.input(leaf)
                 handles.append(h)
                 if type(h) is TapeValue:
                     info.append((h.slot, None, "<f8"))
                 else:
-                    info.append((h.slot, h.shape, h.dtype.str))
+                    dt = h.dtype
+                    info.append((h.slot, h.shape, _F32_STR if dt is _F32 else (
+                        _F64_STR if dt is _F64 else dt.str)))
             groups.append((td, info))
-            new_args[i] = _rebuild(td, iter(handles))     # one handle per leaf
+            flats.append(flat)
+            # one handle per leaf
+            new_args[i] = (_flat_build(flat[0], flat[1], handles) if flat is not None
+                           else _rebuild(td, iter(handles)))
         out = f(*new_args)
         extra = out_fn(tape, out) if out_fn is not None else None
     finally:
         tape.finish()
-    rec = _Recording(tape, groups, out)
+    rec = _Recording(tape, groups, out, flats)
     rec.extra = extra
     return rec
 
@@ -168,7 +187,8 @@ def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
     ``copy`` the adjoint arrays are handed over, Adjoints.take: a pooled replay's
     buffers are reused otherwise)."""
     result = []
-    for td, info in rec.groups:
+    flats = rec.flats
+    for k, (td, info) in enumerate(rec.groups):
         leaves = []
         for slot, shape, dt in info:
             if shape is None:
@@ -179,7 +199,9 @@ def _grads(rec: _Recording, adj, copy: bool = False) -> List[Any]:
                 leaves.append(adj.take(slot, shape, _dtype(dt)))
             else:
                 leaves.append(np.asarray(adj.array(slot, shape), dtype=_dtype(dt)))
-        result.append(_rebuild(td, iter(leaves)))
+        flat = flats[k] if flats is not None else None
+        result.append(_flat_build(flat[0], flat[1], leaves) if flat is not None
+                      else _rebuild(td, iter(leaves)))
     return result
 
 

@@ -255,7 +255,16 @@ def test_value_and_grad_follows_the_structure_of_each_call():
              [np.ones(2), 3.0],
              np.ones(2),
              {"w": np.arange(3.0), "b": np.float32(2.0)},  # a numpy scalar leaf
-             {"w": np.arange(3), "b": 2}]                  # integers: promoted
+             {"w": np.arange(3), "b": 2},                  # integers: promoted
+             # model parameters: a list of dicts of leaves (walked without recursion)
+             [{"w": np.arange(3.0), "b": 2.0}, {}, {"w": np.ones(2)}],
+             [{"w": np.arange(3.0), "b": 2.0}, {}, {"w": np.ones(2)}],
+             [{"b": 2.0, "w": np.arange(3.0)}, {}, {"w": np.ones(2)}],   # keys reordered
+             [{"w": np.arange(3.0), "b": 2.0}, {}, {"w": np.ones(2)}, 1.0],
+             ({"w": np.arange(3.0), "b": 2.0}, {}, {"w": np.ones(2)}),   # a tuple
+             [{"w": np.arange(3.0), "b": 2.0}, {}, {"w": [np.ones(2)]}],  # three levels
+             [{"w": np.arange(3.0), "b": 2.0}, {}, {"w": np.ones(2)}],
+             [{"w": np.arange(3.0), "b": 2}, {}, {"w": np.ones(2)}]]     # an int leaf
     for p in calls:
         value, g = vg(p)
         want = adcore.trees.tree_map(lambda v: 2.0 * np.asarray(v, dtype=np.float64), p)
