@@ -764,8 +764,9 @@ def _tape_gradient(tape: Tape, args, argnums=None, with_value: bool = False) -> 
 
 
 def _scalar_value(tape: Tape, lay: _Layout, rp) -> float:
-    """The replayed scalar output as a float (as adcore.value_and_grad gives it)."""
-    kind, ref = _scalar_output(tape, lay)
+    """The replayed scalar output as a float (as adcore.value_and_grad gives it),
+    after _gradient_of checked it."""
+    kind, ref = lay.out[1]
     return ref if kind == "c" else float(tape.value_at(ref, rp))
 
 

@@ -906,35 +906,42 @@ def sgd_adcore(ctx):
 
 
 def sgd_adcore_replay(ctx):
+    """The step `python -m adcore train` takes: nn.ReplayedStep (the loss recorded
+    once per batch shape and replayed, the parameters' gradient only, as jax.grad
+    and torch give it) + nn.optim.SGD.  An adcore without ReplayedStep: record once
+    and replay by tape.gradient(argnums=0)."""
     adcore, record = adcore_api("record")
     adcore, vg, cross_entropy, MLP, SGD = _adcore_sgd_parts()
+    try:
+        replayed_step = adcore_api("nn.ReplayedStep")[1]
+    except Skip:
+        replayed_step = None
     model = MLP(ctx["sizes"])
     x, y = ctx["x"], ctx["y"]
     loss = lambda p, x, y: cross_entropy(model(p, x), y)             # noqa: E731
 
     def stepper(params):
         opt = SGD(lr=SGD_LR)
-        try:
-            tape = record(loss, params, x, y)
-            fixed = False
-        except Exception:
-            tape = record(lambda p: loss(p, x, y), params)
-            fixed = True
+        if replayed_step is not None:
+            step_grad = replayed_step(loss)
+
+            def step():
+                value, g = step_grad(params, x, y)
+                opt.step(params, g)
+                return params
+            return step
+        tape = record(loss, params, x, y)
 
         def step():
-            # argnums=0: the parameters' gradient only, as jax.grad and torch give
-            # it (the batch's is never computed)
-            g = tape.gradient(params) if fixed else tape.gradient(params, x, y, argnums=0)
-            opt.step(params, g)
+            opt.step(params, tape.gradient(params, x, y, argnums=0))
             return params
-        return step, fixed
+        return step
 
-    probe, _ = stepper(copy_params(ctx["params"]))
-    step, fixed = stepper(copy_params(ctx["params"]))
-    note = "record once, tape.gradient(argnums=0) + nn.optim.SGD"
-    if fixed:
-        note += " (the batch is fixed at recording: record(loss, params, x, y) failed)"
-    return Case(step, probe=lambda: _layers_of(probe()), note=note)
+    probe = stepper(copy_params(ctx["params"]))
+    note = ("nn.ReplayedStep + nn.optim.SGD" if replayed_step is not None
+            else "record once, tape.gradient(argnums=0) + nn.optim.SGD")
+    return Case(stepper(copy_params(ctx["params"])), probe=lambda: _layers_of(probe()),
+                note=note)
 
 
 def sgd_torch(ctx):

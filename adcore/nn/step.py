@@ -32,8 +32,11 @@ class ReplayedStep:
         self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape
 
     def __call__(self, params, x, y):
-        x, y = np.asarray(x), np.asarray(y)
-        key = (x.shape, x.dtype.str, y.shape, y.dtype.str)
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)
+        if type(y) is not np.ndarray:
+            y = np.asarray(y)
+        key = (x.shape, x.dtype, y.shape, y.dtype)
         tape = self.tapes.get(key)
         if tape is not None:
             try:
