@@ -534,6 +534,11 @@ cdef str _F32_STR = _f32.str
 cdef str _F64_STR = _f64.str
 
 
+cdef inline str _dstr(object dt):
+    """dt.str without numpy's formatting for the two usual dtypes (~0.2 us a call)."""
+    return _F64_STR if dt is _f64 else (_F32_STR if dt is _f32 else dt.str)
+
+
 cdef inline bint _is_f64(object dt):
     # identity first (== costs ~80 ns); a loaded tape's arrays may carry an equal
     # dtype object that is not numpy's float64 singleton
@@ -829,7 +834,7 @@ cdef class Tape:
                 # the caller's memory (np.asarray of a subclass is a view of it)
                 a = a.copy() if copy else a.view()
             a.setflags(False)
-            return self._array(("input", a.shape, a.dtype.str), a, False)
+            return self._array(("input", a.shape, _dstr(a.dtype)), a, False)
         raise TypeError(f"{name}: cannot differentiate with respect to a {type(value).__name__}")
 
     cdef TapeArray _array(self, tuple desc, object value, bint _unused):
@@ -963,7 +968,7 @@ cdef class Tape:
         if a is value:
             a = a.copy()
         a.setflags(False)
-        return (<TapeArray>self._array(("const", a.shape, a.dtype.str), a, False)).slot
+        return (<TapeArray>self._array(("const", a.shape, _dstr(a.dtype)), a, False)).slot
 
     def _constant_array(self, value):
         """The slot of a new constant array (an output that does not depend on inputs)."""
@@ -1092,7 +1097,7 @@ cdef class Tape:
                     b = _np_empty(shape, src.dtype)
                     b[...] = src
                     b.setflags(False)
-                    s = (<TapeArray>self._array(("bcast", s, shape, b.dtype.str), b, False)).slot
+                    s = (<TapeArray>self._array(("bcast", s, shape, _dstr(b.dtype)), b, False)).slot
                 refs.append(("a", s))
             elif isinstance(a, TapeValue):
                 refs.append(("s", (<TapeValue>a).slot))
@@ -1306,7 +1311,7 @@ cdef class Tape:
                 and out.flags.c_contiguous):
             out = _float_array(out, f"primitive {prim.name}")
         out.setflags(False)
-        return self._array(("prim", prim, desc_params, refs, out.shape, out.dtype.str),
+        return self._array(("prim", prim, desc_params, refs, out.shape, _dstr(out.dtype)),
                            out, False)
 
     # -- sweeps ------------------------------------------------------------

@@ -42,7 +42,8 @@ def section(run, note=""):
         "Targets are those of issues 2-9. In the adcore column, the plain figure is the",
         "everyday API (`Dual`, `jvp`, `grad`, `jacobian`, `value_and_grad`); *replay* is",
         "a tape recorded once by `adcore.record` and differentiated at the point by",
-        "`tape.gradient`; *forward*/*reverse* force the Jacobian's mode.",
+        "`tape.gradient` (for the SGD steps: `nn.ReplayedStep`, the step `python -m adcore",
+        "train` takes); *forward*/*reverse* force the Jacobian's mode.",
         "",
     ]
     if note:
