@@ -114,6 +114,29 @@ def test_main_prints_the_test_accuracy(capsys):
     assert last.startswith("test accuracy: 0.") and float(last.split()[-1]) > 0.8
 
 
+def test_replayed_step_draws_new_dropout_masks_every_step():
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    rng = np.random.default_rng(0)
+    params = model.init(rng, np.float64)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+
+    def loss_with(masks):
+        return lambda p, x, y: nn.cross_entropy(model(p, x, rng=masks, training=True), y)
+
+    step = nn.ReplayedStep(loss_with(np.random.default_rng(7)))
+    each = adcore.value_and_grad(loss_with(np.random.default_rng(7)))  # the same masks
+    values = []
+    for _ in range(3):
+        value, g = step(params, x, y)
+        want_value, want = each(params, x, y)
+        assert value == want_value
+        for a, b in zip(adcore.tree_flatten(g)[0], adcore.tree_flatten(want)[0]):
+            assert a.tobytes() == b.tobytes()
+        values.append(value)
+    assert len(set(values)) == 3            # a new mask each step
+    assert list(step.tapes.values()) == [None]
+
+
 def test_main_records_each_step_when_asked(capsys, monkeypatch):
     seen = []
     real = T._engine

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -809,6 +810,11 @@ class Dropout(Primitive):
 _dropout_p = Dropout().register()
 
 
+#: masks drawn by this thread (dropout_mask): nn.ReplayedStep tells by it that a
+#: loss drew one while recorded, which a replay would reuse
+draws = threading.local()
+
+
 def dropout_mask(shape: Any, rate: float, rng: np.random.Generator,
                  dtype: Any = np.float32) -> np.ndarray:
     """A dropout mask: 0 with probability ``rate``, else 1/(1-rate)."""
@@ -818,6 +824,7 @@ def dropout_mask(shape: Any, rate: float, rng: np.random.Generator,
     if not isinstance(rng, np.random.Generator):
         raise TypeError("dropout: rng must be a numpy.random.Generator, e.g. "
                         "numpy.random.default_rng(0)")
+    draws.count = getattr(draws, "count", 0) + 1
     keep = rng.random(shape) >= rate
     return keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
 

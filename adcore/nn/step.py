@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BranchChangedError
-from ..reverse import record
+from ..reverse import record, value_and_grad
+from .functional import draws
 
 __all__ = ["ReplayedStep"]
 
@@ -24,12 +25,15 @@ class ReplayedStep:
     ``adcore.value_and_grad(loss)`` gives, bit for bit.  What the loss reads
     besides its arguments (a random generator, outside arrays) is fixed by the
     recording: pass it as an argument (``nn.functional.dropout_mask`` masks, say)
-    to change it per step.
+    to change it per step.  A loss that draws dropout masks itself (``nn.dropout``
+    or ``Dropout`` layers with an rng) is recorded anew every step instead, by
+    ``adcore.value_and_grad``, so that each step draws its own masks.
     """
 
     def __init__(self, loss: Callable):
         self.loss = loss
-        self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape
+        self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape, or None: draws
+        self._each_step = value_and_grad(loss)
 
     def __call__(self, params, x, y):
         if type(x) is not np.ndarray:
@@ -37,11 +41,17 @@ class ReplayedStep:
         if type(y) is not np.ndarray:
             y = np.asarray(y)
         key = (x.shape, x.dtype, y.shape, y.dtype)
-        tape = self.tapes.get(key)
-        if tape is not None:
+        tape = self.tapes.get(key, False)
+        if tape is None:
+            return self._each_step(params, x, y)
+        if tape is not False:
             try:
                 return tape.value_and_gradient(params, x, y, argnums=0)
             except BranchChangedError:
                 pass                # record this batch's branch instead
-        tape = self.tapes[key] = record(self.loss, params, x, y)
+        before = getattr(draws, "count", 0)
+        tape = record(self.loss, params, x, y)
+        # a mask drawn while recording would be replayed: this step uses it, later
+        # steps record (and draw) anew
+        self.tapes[key] = tape if getattr(draws, "count", 0) == before else None
         return tape.value_and_gradient(params, x, y, argnums=0)
