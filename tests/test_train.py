@@ -67,10 +67,20 @@ def test_a_recorded_step_replays_on_new_batches():
 
 @pytest.mark.parametrize("model,dtype,epochs", [("mlp", "float32", 3), ("mlp", "float64", 2),
                                                  ("cnn", "float32", 1)])
-def test_replayed_training_is_recording_every_step_bit_for_bit(model, dtype, epochs):
+def test_replayed_training_is_recording_every_step_bit_for_bit(model, dtype, epochs,
+                                                               monkeypatch):
+    import adcore.nn.step as step_module
+
+    recordings = []
+    real = step_module.record
+    monkeypatch.setattr(step_module, "record",
+                        lambda f, *args: recordings.append(args[1].shape) or real(f, *args))
     replayed, recorded = (T.train(T.TrainConfig(model=model, dtype=dtype, epochs=epochs,
                                                 replay=replay), progress=False)
                           for replay in (True, False))
+    # batches of 32 and a smaller last one: one recording per batch shape
+    last = len(T.load_split(0)[0]) % 32
+    assert 0 < last and sorted(shape[0] for shape in recordings) == [last, 32]
     assert replayed.losses == recorded.losses
     assert replayed.accuracies == recorded.accuracies
     a, b = adcore.tree_flatten(replayed.params)[0], adcore.tree_flatten(recorded.params)[0]
