@@ -582,10 +582,13 @@ def _quick_leaf(a, spec):
     if shape is None:
         return a if type(a) is float else None
     if type(a) is np.ndarray and a.shape == shape and a.flags.c_contiguous:
-        if a.dtype.str == dt:
+        d = a.dtype
+        if d is _dtype(dt):
             return a
-        if dt == "<f8" and a.dtype.kind in "iu":     # integer labels, as recorded
+        if dt == "<f8" and d.kind in "iu":     # integer labels, as recorded
             return a.astype(np.float64)
+        if d.str == dt:             # an equal dtype object that is not numpy's own
+            return a
     return None
 
 
