@@ -810,9 +810,13 @@ class Dropout(Primitive):
 _dropout_p = Dropout().register()
 
 
-#: masks drawn by this thread (dropout_mask): nn.ReplayedStep tells by it that a
-#: loss drew one while recorded, which a replay would reuse
-draws = threading.local()
+_masks = threading.local()
+
+
+def _masks_drawn() -> int:
+    """How many masks dropout_mask has drawn on this thread: nn.ReplayedStep tells
+    by it that a loss drew one while recorded, which a replay would reuse."""
+    return getattr(_masks, "count", 0)
 
 
 def dropout_mask(shape: Any, rate: float, rng: np.random.Generator,
@@ -824,7 +828,7 @@ def dropout_mask(shape: Any, rate: float, rng: np.random.Generator,
     if not isinstance(rng, np.random.Generator):
         raise TypeError("dropout: rng must be a numpy.random.Generator, e.g. "
                         "numpy.random.default_rng(0)")
-    draws.count = getattr(draws, "count", 0) + 1
+    _masks.count = _masks_drawn() + 1
     keep = rng.random(shape) >= rate
     return keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BranchChangedError
 from ..reverse import record, value_and_grad
-from .functional import draws
+from .functional import _masks_drawn
 
 __all__ = ["ReplayedStep"]
 
@@ -32,7 +32,7 @@ class ReplayedStep:
 
     def __init__(self, loss: Callable):
         self.loss = loss
-        self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape, or None: draws
+        self.tapes: dict = {}       # (x's and y's shape and dtype) -> Tape, or None: draws masks
         self._each_step = value_and_grad(loss)
 
     def __call__(self, params, x, y):
@@ -49,9 +49,9 @@ class ReplayedStep:
                 return tape.value_and_gradient(params, x, y, argnums=0)
             except BranchChangedError:
                 pass                # record this batch's branch instead
-        before = getattr(draws, "count", 0)
+        before = _masks_drawn()
         tape = record(self.loss, params, x, y)
         # a mask drawn while recording would be replayed: this step uses it, later
         # steps record (and draw) anew
-        self.tapes[key] = tape if getattr(draws, "count", 0) == before else None
+        self.tapes[key] = tape if _masks_drawn() == before else None
         return tape.value_and_gradient(params, x, y, argnums=0)
